@@ -1,0 +1,175 @@
+"""The project's model checkpoint format, written by the converter and by training, read by everything else.
+
+An *exported model* is a directory::
+
+    DIR/model.json   {"format": "sparse_restore.model", "version": 1, "arch": "drsformer",
+                      "config": {...constructor arguments...}, "source": "...", ...}
+    DIR/params/      Orbax checkpoint of the Flax ``params`` tree (float32)
+
+A *training workdir* (see ``sparse_restore.train``) holds the same ``model.json`` next to an Orbax
+``CheckpointManager`` directory ``checkpoints/<step>/`` whose item ``params`` is the same tree. :func:`load_model`
+accepts either, so ``infer``/``evaluate`` work on converted weights and on training runs alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODEL_JSON = "model.json"
+PARAMS_DIR = "params"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT = "sparse_restore.model"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory is missing, incomplete or inconsistent; the message names the path."""
+
+
+def _ocp():
+  import orbax.checkpoint as ocp  # Imported lazily: orbax start-up is slow and not every tool needs it.
+  return ocp
+
+
+def write_model_json(directory: str, arch: str, config: Dict[str, Any], **metadata) -> str:
+  """Writes ``model.json`` describing the network (registry name + constructor arguments)."""
+  info = {"format": FORMAT, "version": VERSION, "arch": arch, "config": _jsonable(config)}
+  info.update(_jsonable(metadata))
+  path = os.path.join(directory, MODEL_JSON)
+  with open(path + ".tmp", "w") as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def read_model_json(directory: str) -> Dict[str, Any]:
+  path = os.path.join(directory, MODEL_JSON)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{directory}: no {MODEL_JSON}; not a sparse_restore model export or training workdir")
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: unreadable ({e})") from None
+  if info.get("format") != FORMAT or "arch" not in info or "config" not in info:
+    raise CheckpointError(f"{path}: not a sparse_restore model description (needs format/arch/config)")
+  return info
+
+
+def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, overwrite: bool = False,
+               **metadata) -> str:
+  """Exports ``params`` for network ``arch(**config)`` to ``directory`` atomically.
+
+  Everything is written to a temporary sibling directory first and renamed at the end, so an interrupted or
+  failed export never leaves a half-written model behind. An existing non-empty ``directory`` is refused
+  unless ``overwrite`` (then it is replaced only after the new export is complete).
+  """
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+    if not overwrite:
+      raise CheckpointError(f"{directory}: exists and is not empty (pass overwrite=True / --overwrite to replace)")
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
+  try:
+    ckptr = _ocp().StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, PARAMS_DIR), jax.tree_util.tree_map(np.asarray, params))
+    ckptr.wait_until_finished()
+    write_model_json(tmp, arch, config, **metadata)
+    if os.path.exists(directory):
+      old = directory + ".old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(directory, old)
+      os.replace(tmp, directory)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, directory)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return directory
+
+
+def build_module(info: Dict[str, Any], **overrides):
+  """The Flax module described by a ``model.json`` dict; ``overrides`` replace constructor arguments
+  (e.g. ``dtype`` or ``conv_impl``)."""
+  from sparse_restore import models
+  config = dict(info["config"])
+  config.update(overrides)
+  return models.create(info["arch"], **config)
+
+
+def abstract_params(module, channels: int = 3):
+  """Shapes/dtypes of ``module``'s parameters, without allocating them."""
+  m = getattr(module, "size_multiple", 8)
+  side = max(m, 8)
+  x = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))["params"]
+
+
+def _restore_target(abstract):
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest finished step saved under ``workdir/checkpoints`` (None if there is none)."""
+  ckdir = os.path.join(workdir, CHECKPOINTS_DIR)
+  if not os.path.isdir(ckdir):
+    return None
+  steps = [int(d) for d in os.listdir(ckdir) if d.isdigit() and os.path.isdir(os.path.join(ckdir, d))]
+  return max(steps) if steps else None
+
+
+def load_model(path: str, *, step: Optional[int] = None, **overrides) -> Tuple[Any, Any, Dict[str, Any]]:
+  """Loads an exported model or the params of a training workdir.
+
+  Returns ``(module, params, info)`` where ``info`` is the ``model.json`` dict (plus ``"step"`` for workdirs).
+  ``overrides`` are passed to the module constructor (``dtype=jnp.bfloat16``, ``conv_impl="xla"``...).
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{path}: no such checkpoint directory")
+  info = read_model_json(path)
+  module = build_module(info, **overrides)
+  target = _restore_target(abstract_params(module))
+  ocp = _ocp()
+  if os.path.isdir(os.path.join(path, PARAMS_DIR)):
+    try:
+      params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), target)
+    except Exception as e:  # Orbax raises a zoo of types for shape/structure mismatches.
+      raise CheckpointError(f"{path}: parameters do not match {info['arch']}({info['config']}): {e}") from None
+    return module, params, info
+  step = latest_step(path) if step is None else step
+  if step is None:
+    raise CheckpointError(f"{path}: has {MODEL_JSON} but neither {PARAMS_DIR}/ nor any {CHECKPOINTS_DIR}/<step>")
+  mngr = ocp.CheckpointManager(os.path.join(path, CHECKPOINTS_DIR), item_names=("params",))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+  except Exception as e:
+    raise CheckpointError(f"{path}: could not restore params of step {step}: {e}") from None
+  info = dict(info, step=int(step))
+  return module, restored["params"], info
+
+
+def _jsonable(obj):
+  if isinstance(obj, dict):
+    return {str(k): _jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_jsonable(v) for v in obj]
+  if isinstance(obj, (np.integer,)):
+    return int(obj)
+  if isinstance(obj, (np.floating,)):
+    return float(obj)
+  if hasattr(obj, "dtype") and not hasattr(obj, "shape"):
+    return str(obj)
+  if isinstance(obj, type) or callable(obj):
+    return getattr(obj, "__name__", str(obj))
+  return obj

@@ -1,0 +1,187 @@
+"""Building blocks shared by the networks: PyTorch-layout convolutions, pixel (un)shuffle, layer norms.
+
+Convolutions keep PyTorch's semantics (explicit symmetric padding, dilation, groups) with Flax's kernel layout
+``[kh, kw, in_channels // groups, out_channels]``, so converted checkpoints map one to one.
+
+Grouped / depthwise convolutions have two implementations that compute the same function:
+
+* ``"xla"``: ``lax.conv_general_dilated`` with ``feature_group_count``. GPUs and TPUs lower this well.
+* ``"shift"``: a sum of shifted, channel-wise multiplies (one per kernel tap). XLA:CPU's grouped convolution
+  is ~10x slower than this (see the project's performance notes), so it is the CPU choice.
+
+``conv_impl="auto"`` (the default everywhere) picks ``"shift"`` on CPU and ``"xla"`` elsewhere, at trace time.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+IntPair = Union[int, Tuple[int, int]]
+CONV_IMPLS = ("auto", "xla", "shift")
+
+
+def _pair(v: IntPair) -> Tuple[int, int]:
+  return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+  """Maps ``"auto"`` to the fast implementation for the default backend."""
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+  if conv_impl == "auto":
+    return "shift" if jax.default_backend() == "cpu" else "xla"
+  return conv_impl
+
+
+def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
+  """Plain ``lax.conv_general_dilated`` (NHWC / HWIO): the ground truth the fast paths are tested against."""
+  sh, sw = _pair(stride)
+  ph, pw = _pair(padding)
+  dh, dw = _pair(dilation)
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(sh, sw), padding=((ph, ph), (pw, pw)), rhs_dilation=(dh, dw),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+
+def grouped_conv_shift(x, kernel, *, padding=0, dilation=1):
+  """Grouped convolution (stride 1, one output channel per group) as a sum of shifted multiplies.
+
+  x: [B, H, W, G * m]; kernel: [kh, kw, m, G] (group g reads input channels g*m .. g*m+m-1, as in PyTorch).
+  """
+  kh, kw, m, groups = kernel.shape
+  ph, pw = _pair(padding)
+  dh, dw = _pair(dilation)
+  b, h, w, cin = x.shape
+  if cin != groups * m:
+    raise ValueError(f"input has {cin} channels, kernel expects {groups} groups of {m}")
+  out_h = h + 2 * ph - dh * (kh - 1)
+  out_w = w + 2 * pw - dw * (kw - 1)
+  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  # Tap weights laid out like the input channels: channel g*m + j gets kernel[:, :, j, g].
+  taps = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(kh, kw, groups * m)
+  acc = None
+  for i in range(kh):
+    for j in range(kw):
+      window = lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + out_h, j * dw + out_w, cin))
+      term = window * taps[i, j]
+      acc = term if acc is None else acc + term
+  if m > 1:
+    acc = acc.reshape(b, out_h, out_w, groups, m).sum(axis=-1)
+  return acc
+
+
+class Conv2d(nn.Module):
+  """``torch.nn.Conv2d`` in NHWC with a Flax kernel ``[kh, kw, in // groups, out]``.
+
+  Attributes mirror PyTorch's arguments. 1x1 convolutions run as a matrix product; grouped ones with one output
+  channel per group use ``conv_impl`` (see the module docstring).
+  """
+  features: int
+  kernel_size: IntPair = 1
+  stride: IntPair = 1
+  padding: IntPair = 0
+  dilation: IntPair = 1
+  groups: int = 1
+  use_bias: bool = True
+  conv_impl: str = "auto"
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's default
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    if cin % self.groups or self.features % self.groups:
+      raise ValueError(f"{self.name}: channels in={cin} out={self.features} not divisible by groups={self.groups}")
+    kh, kw = _pair(self.kernel_size)
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // self.groups, self.features), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+
+    if (kh, kw) == (1, 1) and self.groups == 1 and _pair(self.stride) == (1, 1) and _pair(self.padding) == (0, 0):
+      y = jnp.dot(x, kernel[0, 0])
+    elif (self.groups > 1 and self.groups == self.features and _pair(self.stride) == (1, 1)
+          and resolve_conv_impl(self.conv_impl) == "shift"):
+      y = grouped_conv_shift(x, kernel, padding=self.padding, dilation=self.dilation)
+    else:
+      y = conv_reference(x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         groups=self.groups)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+def pixel_shuffle(x, r: int = 2):
+  """``torch.nn.PixelShuffle`` in NHWC: input channel ``c*r*r + dy*r + dx`` goes to pixel (dy, dx) of channel c."""
+  b, h, w, c = x.shape
+  if c % (r * r):
+    raise ValueError(f"pixel_shuffle: {c} channels not divisible by {r * r}")
+  x = x.reshape(b, h, w, c // (r * r), r, r)
+  x = jnp.transpose(x, (0, 1, 4, 2, 5, 3))
+  return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+def pixel_unshuffle(x, r: int = 2):
+  """``torch.nn.PixelUnshuffle`` in NHWC, the exact inverse of :func:`pixel_shuffle`."""
+  b, h, w, c = x.shape
+  if h % r or w % r:
+    raise ValueError(f"pixel_unshuffle: spatial size {h}x{w} not divisible by {r}")
+  x = x.reshape(b, h // r, r, w // r, r, c)
+  x = jnp.transpose(x, (0, 1, 3, 5, 2, 4))
+  return x.reshape(b, h // r, w // r, c * r * r)
+
+
+class ChannelLayerNorm(nn.Module):
+  """LayerNorm over the channel (last) axis with biased variance, as in Restormer/DRSformer.
+
+  kind: ``"WithBias"`` ((x - mean) / sqrt(var + eps) * scale + bias) or ``"BiasFree"``
+  (x / sqrt(var + eps) * scale, no mean subtraction and no bias). Statistics are computed in float32.
+  """
+  kind: str = "WithBias"
+  epsilon: float = 1e-5
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.kind not in ("WithBias", "BiasFree"):
+      raise ValueError(f"LayerNorm kind must be 'WithBias' or 'BiasFree', got {self.kind!r}")
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    out_dtype = self.dtype or x.dtype
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    inv = lax.rsqrt(var + self.epsilon)
+    if self.kind == "BiasFree":
+      y = x32 * inv * scale
+    else:
+      bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+      y = (x32 - mean) * inv * scale + bias
+    return y.astype(out_dtype)
+
+
+def pad_to_multiple(x, multiple: int, mode: str = "reflect"):
+  """Pads NHWC ``x`` at the bottom/right to a multiple of ``multiple``; returns (padded, (H, W)) for cropping.
+
+  Reflect padding (the reference test code's choice) needs the pad to be smaller than the side; for tiny
+  images it falls back to symmetric padding repeated as often as needed.
+  """
+  h, w = x.shape[1], x.shape[2]
+  ph, pw = (-h) % multiple, (-w) % multiple
+  if ph == 0 and pw == 0:
+    return x, (h, w)
+  if mode == "reflect" and (ph >= h or pw >= w):
+    mode = "symmetric"
+  xp = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode=mode)
+  return xp, (h, w)
+
+
+def crop_to(x, size: Sequence[int]):
+  """Crops NHWC ``x`` back to ``size = (H, W)`` (top-left corner)."""
+  return x[:, : size[0], : size[1], :]

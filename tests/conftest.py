@@ -1,0 +1,44 @@
+"""Shared test set-up: 4 simulated CPU devices and the location of ../shared (fixtures, sample data)."""
+import os
+
+# Must happen before JAX is imported anywhere: tests of data parallelism need several devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _shared_dir():
+  env = os.environ.get("SPARSE_RESTORE_SHARED")
+  candidates = [pathlib.Path(env)] if env else []
+  candidates.append(REPO.parent / "shared")
+  for c in candidates:
+    if (c / "fixtures").is_dir():
+      return c
+  return None
+
+
+SHARED = _shared_dir()
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+  """The ``shared`` folder beside the repository (or $SPARSE_RESTORE_SHARED); skips when absent."""
+  if SHARED is None:
+    pytest.skip("../shared (fixtures and sample data) not found beside the repository; "
+                "set SPARSE_RESTORE_SHARED to its path to run this test")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(shared_dir):
+  return shared_dir / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir):
+  return shared_dir / "data"

@@ -59,19 +59,22 @@ def grouped_conv_shift(x, kernel, *, padding=0, dilation=1):
   b, h, w, cin = x.shape
   if cin != groups * m:
     raise ValueError(f"input has {cin} channels, kernel expects {groups} groups of {m}")
+  if m > 1:
+    # One depthwise pass per position inside the group, summed: much faster on XLA:CPU than accumulating a
+    # [.., G, m] tensor and reducing it (measured 20-40x on MSFN's 2-inputs-per-group 5x5 conv).
+    xs = x.reshape(b, h, w, groups, m)
+    return sum(grouped_conv_shift(xs[..., j], kernel[:, :, j:j + 1, :], padding=padding, dilation=dilation)
+               for j in range(m))
   out_h = h + 2 * ph - dh * (kh - 1)
   out_w = w + 2 * pw - dw * (kw - 1)
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  # Tap weights laid out like the input channels: channel g*m + j gets kernel[:, :, j, g].
-  taps = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(kh, kw, groups * m)
+  taps = kernel[:, :, 0, :]
   acc = None
   for i in range(kh):
     for j in range(kw):
       window = lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + out_h, j * dw + out_w, cin))
       term = window * taps[i, j]
       acc = term if acc is None else acc + term
-  if m > 1:
-    acc = acc.reshape(b, out_h, out_w, groups, m).sum(axis=-1)
   return acc
 
 

@@ -1,0 +1,124 @@
+"""The inference CLI end to end with a tiny exported DRSformer: formats, failures, tiling, refusing to overwrite."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparse_restore import checkpoint
+from sparse_restore import imageio
+from sparse_restore import restore
+
+# conv_impl="xla" compiles ~3x faster on CPU than "shift"; the two are tested equal in test_layers.py.
+TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "conv_impl": "xla"}
+
+
+def _random_params(module, seed=0):
+  """Sensibly scaled random parameters from the abstract tree (no init compilation)."""
+  abstract = checkpoint.abstract_params(module)
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, a):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "kernel":
+      bound = 1.0 / np.sqrt(np.prod(a.shape[:-1]))
+      return rng.uniform(-bound, bound, a.shape).astype(np.float32)
+    lo, hi = {"bias": (-0.05, 0.05), "scale": (0.8, 1.2), "temperature": (0.5, 1.5)}.get(name, (0.1, 0.3))
+    return rng.uniform(lo, hi, a.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+  from sparse_restore import models
+  module = models.create("drsformer", **TINY)
+  path = tmp_path_factory.mktemp("model") / "tiny"
+  checkpoint.save_model(str(path), "drsformer", TINY, _random_params(module))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_apply(tiny_model):
+  module, params, _ = checkpoint.load_model(tiny_model)
+  return restore.make_apply_fn(module, params)
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)  # One CPU device is enough for the CLI.
+  return subprocess.run([sys.executable, "-m", "sparse_restore.infer", *map(str, args)], capture_output=True,
+                        text=True, env=env, timeout=900)
+
+
+def _rng(seed):
+  return np.random.default_rng(seed)
+
+
+def test_folder_with_mixed_formats_and_a_corrupt_file(tiny_model, tiny_apply, tmp_path):
+  src = tmp_path / "in"
+  src.mkdir()
+  # All sizes pad to 24x32, so the network compiles once.
+  Image.fromarray(_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(src / "good.png")
+  Image.fromarray(_rng(1).integers(0, 256, (17, 27), dtype=np.uint8), mode="L").save(src / "gray.jpg")
+  Image.fromarray(_rng(2).integers(0, 256, (20, 30, 4), dtype=np.uint8), mode="RGBA").save(src / "rgba.png")
+  Image.fromarray(_rng(3).integers(0, 65536, (19, 25)).astype(np.uint16)).save(src / "deep.png")
+  good = (src / "good.png").read_bytes()
+  (src / "corrupt.png").write_bytes(good[: len(good) // 2])
+  out = tmp_path / "out"
+  r = _cli("--checkpoint", tiny_model, "--input", src, "--output", out, "--quiet")
+  assert r.returncode == 1, r.stderr
+  assert "corrupt.png" in r.stderr and "restored 4/5" in r.stderr and "Traceback" not in r.stderr
+  sizes = {n: Image.open(out / n).size for n in sorted(os.listdir(out))}
+  assert sizes == {"deep.png": (25, 19), "good.png": (30, 20), "gray.png": (27, 17), "rgba.png": (30, 20)}
+  for n in sizes:
+    im = Image.open(out / n)
+    assert im.mode == "RGB" and im.format == "PNG"
+  assert (src / "good.png").read_bytes() == good  # Inputs untouched.
+  # The CLI writes exactly what the library computes (rounded to 8 bits).
+  expected = imageio.to_uint8(restore.restore_image(tiny_apply, imageio.read_image(str(src / "good.png")),
+                                                    multiple=8))
+  np.testing.assert_array_equal(np.asarray(Image.open(out / "good.png")), expected)
+
+
+def test_tiled_ensemble_cli_matches_library(tiny_model, tiny_apply, tmp_path):
+  img = _rng(4).integers(0, 256, (30, 37, 3), dtype=np.uint8)
+  Image.fromarray(img).save(tmp_path / "photo.bmp")
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "photo.bmp", "--output", tmp_path / "o",
+           "--tile", "16", "--tile-overlap", "8", "--batch", "2", "--ensemble")
+  assert r.returncode == 0, r.stderr
+  got = np.asarray(Image.open(tmp_path / "o" / "photo.png"))
+  expected = restore.restore_image(tiny_apply, img.astype(np.float32) / 255.0, multiple=8, tile=16, overlap=8,
+                                   batch=2, ensemble=True)
+  np.testing.assert_array_equal(got, imageio.to_uint8(expected))
+
+
+def test_refuses_to_overwrite_inputs(tiny_model, tmp_path):
+  src = tmp_path / "in"
+  src.mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "1.png")
+  before = (src / "1.png").read_bytes()
+  for target in (src, tmp_path / "in" / ".." / "in"):
+    r = _cli("--checkpoint", tiny_model, "--input", src, "--output", target)
+    assert r.returncode == 2 and "refusing to overwrite" in r.stderr and "1.png" in r.stderr
+  r = _cli("--checkpoint", tiny_model, "--input", src / "1.png", "--output", src)
+  assert r.returncode == 2
+  assert (src / "1.png").read_bytes() == before and os.listdir(src) == ["1.png"]
+
+
+def test_usage_errors(tiny_model, tmp_path):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.jpg")
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "nope", "--output", tmp_path / "o")
+  assert r.returncode == 2 and "nope" in r.stderr
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path, "--output", tmp_path / "o")
+  assert r.returncode == 2 and "same output name" in r.stderr  # a.png and a.jpg would both be a.png.
+  os.remove(tmp_path / "a.jpg")
+  r = _cli("--checkpoint", tmp_path, "--input", tmp_path, "--output", tmp_path / "o")
+  assert r.returncode == 2 and "model.json" in r.stderr and "Traceback" not in r.stderr
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path, "--output", tmp_path / "o", "--tile", "16",
+           "--tile-overlap", "16")
+  assert r.returncode == 2 and "smaller than the tile" in r.stderr

@@ -1,0 +1,106 @@
+r"""Training / evaluation job.
+
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/drsformer_rain200h
+  python -m sparse_restore.main --config configs/demo.py --workdir /tmp/demo            # a few minutes on a CPU
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/eval \
+      --mode evaluate --checkpoint /path/to/converted_model  # score a converted (PyTorch) model
+
+Modes:
+  train     (default) train, resuming from the newest checkpoint of --workdir, with periodic evaluation and a final
+            one after the last step.
+  evaluate  evaluate the newest checkpoint of --workdir (or --step), or --checkpoint (an exported/converted model
+            or another workdir), or config.init_from; full images, the dataset's protocol; results in
+            <workdir>/eval/<step>/.
+
+Config fields are overridden with ``--config.<field>=<value>``; the config is locked, so a misspelt field fails.
+
+Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then finds the
+cluster (TPU pods, SLURM, Open MPI, $JAX_COORDINATOR_ADDRESS/...). Without a cluster manager, give
+``--coordinator_address=host0:port --num_processes=N --process_id=i`` to every process (also works on one machine,
+e.g. CPU processes on localhost). The global batch is split over all devices of all processes; each process reads
+its share of the data.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, model.json, TensorBoard logs and evaluations.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (with periodic evaluation) or evaluate.")
+flags.DEFINE_string("checkpoint", None, "evaluate: exported model directory or training workdir to evaluate "
+                    "(default: --workdir's newest checkpoint, else config.init_from).")
+flags.DEFINE_integer("step", None, "evaluate: checkpoint step of a workdir (default: the newest).")
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-process / multi-host runs).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --multihost).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (implies --multihost).")
+flags.DEFINE_integer("process_id", None, "Index of this process (implies --multihost).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """``jax.distributed.initialize`` when asked for by the flags or by $JAX_COORDINATOR_ADDRESS; returns whether."""
+  import jax
+  explicit = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if not (FLAGS.multihost or any(v is not None for v in explicit) or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return False
+  jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                             process_id=FLAGS.process_id)
+  return True
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed = initialize_distributed()
+  import jax
+  from sparse_restore import datasets, train
+
+  logging.info("JAX %s, process %d/%d%s, devices: %s", jax.__version__, jax.process_index(), jax.process_count(),
+               " (distributed)" if distributed else "", jax.devices())
+  config = FLAGS.config
+  try:
+    if FLAGS.mode == "train":
+      result = train.train_and_evaluate(config, FLAGS.workdir)
+      if jax.process_index() == 0:
+        print(f"finished training at step {int(train.sharding.to_host(result.state.step))}; workdir {FLAGS.workdir}")
+        if result.eval is not None:
+          print(result.eval.describe())
+          print(f"results: {result.eval.out_dir}")
+    else:
+      result = train.evaluate_checkpoint(config, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step)
+      if result is not None:
+        print(result.describe())
+        print(f"results: {result.out_dir}")
+  except (train.NonFiniteLossError, train.ModelMismatchError, train.checkpoint.CheckpointError,
+          datasets.DatasetError, ValueError) as e:
+    # Expected failures (bad config values, data, checkpoints, divergence): one clear line, no traceback.
+    logging.error("%s", e)
+    raise SystemExit(f"error: {e}") from None
+
+
+def parse_flags(argv):
+  """absl flag parsing that reports a bad ``--config.*`` override (misspelt field, wrong type) in one line."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.to_dict()  # A config file that failed to load raises here, not at first use.
+    return rest
+  except OSError as e:
+    sys.exit(f"error: {e}")
+  except flags.Error as e:
+    sys.exit(f"error: {e}\nPass --helpfull to see the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    sys.exit(f"error: bad --config override: {message}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

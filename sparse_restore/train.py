@@ -1,0 +1,587 @@
+"""Training: the train state, one jitted data-parallel update, and the loop (checkpoints, evaluation, logging).
+
+Entry points: :func:`train_and_evaluate` (``main.py --mode train``) and :func:`evaluate_checkpoint`
+(``--mode evaluate``).
+
+Layout of a workdir::
+
+    <workdir>/model.json              the network (registry name + constructor arguments), written at start
+    <workdir>/checkpoints/<step>/     Orbax CheckpointManager: items params, opt_state, meta (JSON), data (grain)
+    <workdir>/eval/<step>/            restored PNGs, metrics.csv, metrics.json of each evaluation
+    <workdir>/tfds/                   built datasets when config.data.data_dir is ''
+    <workdir>/events.out.tfevents.*   TensorBoard scalars (loss, lr, grad norm, steps/s, eval PSNR/SSIM) and images
+
+Data parallelism: one mesh axis ``data`` over all devices of all processes; params/optimizer state replicated, the
+batch split over ``data``. Each process reads its own share of every global batch and
+:func:`sparse_restore.sharding.global_batch` assembles the global array. Restarting with the same workdir resumes
+from the newest checkpoint (params, optimizer state, data-iterator position), giving the same parameters as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from sparse_restore import checkpoint, losses, models, schedules, sharding
+
+# Constructor arguments that choose how a network runs, not what it computes; they are left out of model.json.
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "conv_impl", "parent", "name")
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or gradient norm) became NaN/inf; the run stopped without saving the bad state."""
+
+
+class ModelMismatchError(ValueError):
+  """The workdir's model.json describes a different network than the config."""
+
+
+# ################################################################################################################
+#                                                   Model
+# ################################################################################################################
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """Constructor arguments of ``config.model`` (everything but ``name``), lists turned into tuples."""
+  kw = dict(config.model.to_dict())
+  kw.pop("name", None)
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
+
+
+def create_model(config: ml_collections.ConfigDict, *, train: bool = True):
+  """The network of ``config``; with ``train`` it gets ``compute_dtype`` and ``remat`` (evaluation: float32)."""
+  kw = model_kwargs(config)
+  if train:
+    if config.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"config.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {config.compute_dtype!r}")
+    if COMPUTE_DTYPES[config.compute_dtype] is not None:
+      kw["dtype"] = COMPUTE_DTYPES[config.compute_dtype]
+    if config.get("remat", False):
+      kw["remat"] = True
+  return models.create(config.model.name, **kw)
+
+
+def describe_model(module) -> Dict[str, Any]:
+  """The architecture-defining constructor arguments of ``module`` (all dataclass fields but runtime choices),
+  as plain JSON values. This is what ``model.json`` stores and what a resumed run must match."""
+  desc = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in RUNTIME_MODEL_FIELDS}
+  return json.loads(json.dumps(desc, default=str))
+
+
+def apply_kwargs(module, train: bool) -> Dict[str, Any]:
+  """``train=...`` for networks whose ``__call__`` takes it (AST: drop-path), nothing for the others."""
+  try:
+    params = inspect.signature(type(module).__call__).parameters
+  except (TypeError, ValueError):
+    return {}
+  return {"train": train} if "train" in params else {}
+
+
+def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
+  """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
+
+  Returns whether the file exists.
+  """
+  if not os.path.isfile(os.path.join(workdir, checkpoint.MODEL_JSON)):
+    return False
+  info = checkpoint.read_model_json(workdir)
+  old_arch, old = info["arch"], info["config"]
+  if old_arch == arch and old == description:
+    return True
+  if old_arch != arch:
+    diff = f"arch {old_arch!r} in the workdir vs {arch!r} in the config"
+  else:
+    keys = sorted(set(old) | set(description))
+    diff = ", ".join(f"{k}: {old.get(k, '<unset>')!r} in the workdir vs {description.get(k, '<unset>')!r} in the config"
+                     for k in keys if old.get(k) != description.get(k))
+  raise ModelMismatchError(
+      f"{os.path.join(workdir, checkpoint.MODEL_JSON)} describes a different model than the config ({diff}). "
+      "Refusing to resume: use a new --workdir, or set the config back to the workdir's model.")
+
+
+# ################################################################################################################
+#                                              State and update
+# ################################################################################################################
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything the update changes: completed step count, float32 params and optimizer state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def create_optimizer(config: ml_collections.ConfigDict, stage: schedules.Stage):
+  """AdamW with the stage's schedule, after global-norm clipping (``grad_clip_norm``; 0/None disables)."""
+  schedule = schedules.create(stage)
+  parts = []
+  if config.get("grad_clip_norm", 0):
+    parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
+  parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay))
+  return optax.chain(*parts), schedule
+
+
+def init_params(module, rng):
+  """Freshly initialised params (traced with a small dummy image; the parameters do not depend on its size)."""
+  side = max(int(getattr(module, "size_multiple", 8)), 8)
+  x = jnp.zeros((1, side, side, 3), jnp.float32)
+  return module.init({"params": rng, "dropout": rng}, x, **apply_kwargs(module, False))["params"]
+
+
+def train_step(state: TrainState, batch, rng, *, module, tx, schedule, loss_fn, stage_start: int):
+  """One optimizer step on a (global, data-sharded) batch; returns the new state and scalar metrics."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  kwargs = apply_kwargs(module, True)
+
+  def compute_loss(params):
+    pred = module.apply({"params": params}, batch["input"], rngs={"dropout": step_rng}, **kwargs)
+    return loss_fn(pred, batch["target"])
+
+  loss, grads = jax.value_and_grad(compute_loss)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step - stage_start)}
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def make_train_step(mesh, **kwargs) -> Callable:
+  """``train_step`` jitted for ``mesh``: state replicated and donated, batch split over ``data``."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(functools.partial(train_step, **kwargs),
+                 in_shardings=(repl, sharding.data_sharded(mesh), repl),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def _with_sharding(abstract, shard):
+  return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=shard), abstract)
+
+
+# ################################################################################################################
+#                                                Checkpoints
+# ################################################################################################################
+
+
+class Checkpoints:
+  """Orbax CheckpointManager at ``<workdir>/checkpoints`` with items params / opt_state / meta / data.
+
+  ``params`` is a StandardSave of the params tree (what :func:`sparse_restore.checkpoint.load_model` reads),
+  ``meta`` a JSON dict ``{"step", "stage", "stage_step"}``, ``data`` the grain iterator position (one JSON file per
+  process). Saves are asynchronous for arrays; the data position is taken at save time.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    self.directory = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=CHECKPOINT_ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, state: TrainState, data_iter, stage: schedules.Stage):
+    import grain.checkpoint as grain_ckpt
+    ocp = self._ocp
+    step = int(sharding.to_host(state.step))
+    meta = {"step": step, "stage": stage.index, "stage_step": step - stage.start}
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(meta), data=grain_ckpt.CheckpointSave(data_iter)))
+
+  def restore_meta(self, step: int) -> Dict[str, Any]:
+    ocp = self._ocp
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state: TrainState, data_iter=None, *, with_opt_state: bool = True):
+    """Restores params (and optimizer state and data position) of ``step`` into the shardings of
+    ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
+    import grain.checkpoint as grain_ckpt
+    ocp = self._ocp
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params))
+    if with_opt_state:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
+    if data_iter is not None:
+      items["data"] = grain_ckpt.CheckpointRestore(data_iter)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # Orbax raises many exception types for structure/shape mismatches.
+      raise checkpoint.CheckpointError(
+          f"{self.directory}/{step}: could not restore the training state ({type(e).__name__}: {e})") from None
+    return restored
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+# ################################################################################################################
+#                                                   Helpers
+# ################################################################################################################
+
+
+def data_config_for(config: ml_collections.ConfigDict, workdir: str, patch_size: Optional[int] = None):
+  """An unlocked copy of ``config.data`` with ``data_dir`` resolved ('' -> <workdir>/tfds)."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  if not data.get("data_dir"):
+    data.data_dir = os.path.join(workdir, "tfds")
+  if patch_size is not None:
+    data.patch_size = int(patch_size)
+  return data
+
+
+def prepare_data(data_config, workdir: str):
+  """Builds the dataset if needed: process 0 first, the others after a barrier (the build is idempotent)."""
+  from sparse_restore import input_pipeline
+  if jax.process_index() == 0:
+    input_pipeline.prepare(data_config, workdir=workdir)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("sparse_restore:data_prepared")
+    if jax.process_index() > 0:
+      input_pipeline.prepare(data_config, workdir=workdir)
+
+
+def _hide_gpus_from_tf():
+  """clu's writers import TensorFlow; keep it off the accelerators JAX uses (as the Flax examples do)."""
+  tf = sys.modules.get("tensorflow")
+  if tf is not None:
+    try:
+      tf.config.set_visible_devices([], "GPU")
+    except Exception:  # Already initialised, or a CPU-only build: nothing to hide.
+      pass
+
+
+def create_writer(workdir: str):
+  """clu default writer (TensorBoard + logging on process 0, logging only elsewhere)."""
+  from clu import metric_writers
+  _hide_gpus_from_tf()
+  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def _flat_hparams(config) -> Dict[str, Any]:
+  out = {}
+
+  def walk(prefix, d):
+    for k, v in d.items():
+      key = f"{prefix}{k}"
+      if isinstance(v, dict):
+        walk(key + ".", v)
+      else:
+        out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+  walk("", config.to_dict())
+  return out
+
+
+def _check_finite(step: int, metrics: Dict[str, float], ckpts: "Checkpoints"):
+  """Raises :class:`NonFiniteLossError` naming ``step`` (the update that produced ``metrics``, 1-based like the
+  checkpoint and TensorBoard step numbers) if the loss or gradient norm is NaN/inf."""
+  loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
+  if math.isfinite(loss) and math.isfinite(gnorm):
+    return
+  ckpts.wait()
+  last = ckpts.latest_step()
+  where = (f"the last good checkpoint is step {last} in {ckpts.directory}" if last is not None
+           else "no checkpoint was saved before it")
+  raise NonFiniteLossError(
+      f"non-finite training loss at step {step} (loss={loss}, grad_norm={gnorm}); stopping without saving this "
+      f"state ({where}). Lower the learning rate, keep gradient clipping on, or use float32 compute.")
+
+
+# ################################################################################################################
+#                                                 Training loop
+# ################################################################################################################
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What :func:`train_and_evaluate` returns: the final state, the training loss of every step run by this call
+  (in order, starting at ``first_step``) and the last evaluation (None if none ran)."""
+  state: TrainState
+  losses: List[float] = dataclasses.field(default_factory=list)
+  first_step: int = 0
+  eval: Any = None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=None,
+                       train_dataset_fn: Optional[Callable] = None, stop_at_step: Optional[int] = None
+                       ) -> TrainResult:
+  """Trains ``config`` in ``workdir`` (resuming from its newest checkpoint) with periodic evaluation.
+
+  Args:
+    config: the run's config (see configs/default.py).
+    workdir: output directory; an existing run there is resumed.
+    mesh: device mesh (default: all devices, :func:`sparse_restore.sharding.make_mesh`).
+    train_dataset_fn: replaces ``input_pipeline.train_dataset`` (same signature), e.g. to feed custom data.
+    stop_at_step: stop (with a checkpoint) once this many steps are done, as if the job had been interrupted
+      there; the schedule is still that of the full run and a later call resumes. None = train to the end.
+
+  Raises :class:`NonFiniteLossError` if the loss diverges and :class:`ModelMismatchError` if the workdir belongs to
+  another network.
+  """
+  from sparse_restore import evaluation, input_pipeline
+  from clu import periodic_actions
+
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  stages = schedules.resolve_stages(config)
+  total_steps = stages[-1].end
+  for stage in stages:
+    sharding.local_batch_size(stage.batch_size, mesh)  # Fails early on a batch that does not split.
+
+  loss_fn = losses.get(config.loss, charbonnier_eps=config.get("charbonnier_eps", 1e-3))
+
+  # ------------------------------------------------------------------------------------------- model, workdir
+  module = create_model(config, train=True)
+  eval_module = create_model(config, train=False)
+  arch = config.model.name
+  description = describe_model(eval_module)
+  os.makedirs(workdir, exist_ok=True)
+  has_json = check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
+  if checkpoint.latest_step(workdir) is not None and not has_json:
+    raise ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check that they "
+                             "belong to this config's model")
+  ckpts = Checkpoints(workdir, config.max_checkpoints_to_keep)
+  latest = ckpts.latest_step()
+  if jax.process_index() == 0 and not has_json:
+    checkpoint.write_model_json(workdir, arch, description, source="sparse_restore.train")
+
+  data_config = data_config_for(config, workdir)
+  prepare_data(data_config, workdir)
+  writer = create_writer(workdir)
+  logging.info("Process %d/%d, %d local / %d global devices; %d stage(s), %d steps; workdir %s",
+               jax.process_index(), jax.process_count(), jax.local_device_count(), mesh.devices.size,
+               len(stages), total_steps, workdir)
+
+  # ------------------------------------------------------------------------------------------- initial state
+  repl = sharding.replicated(mesh)
+  # Built by jitted functions (not device_put) so that every process holds the same replicated global values.
+  # The init key uses XLA's RngBitGenerator ('rbg'): a whole-network init with threefry keys takes minutes to
+  # compile on XLA:CPU (measured ~6x longer than 'rbg'); the per-step key (fold_in of the step) stays threefry.
+  init_rng, train_rng = jax.jit(lambda: (jax.random.key(config.seed, impl="rbg"),
+                                         jax.random.fold_in(jax.random.key(config.seed), 1)), out_shardings=repl)()
+  step_array = lambda s: jax.jit(lambda: jnp.asarray(s, jnp.int32), out_shardings=repl)()
+  start = 0 if latest is None else int(latest)
+  start_stage = schedules.stage_at(stages, start)
+  meta = ckpts.restore_meta(latest) if latest is not None else None
+  resume_in_stage = meta is not None and int(meta.get("stage", -1)) == start_stage.index and start < total_steps
+  tx, schedule = create_optimizer(config, start_stage)
+
+  def init_state(rng):
+    params = init_params(module, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  abstract = _with_sharding(jax.eval_shape(init_state, init_rng), repl)
+  state = None
+  if start >= total_steps:  # Nothing left to train: the workdir holds a finished run.
+    logging.info("%s is already trained to step %d (of %d).", workdir, start, total_steps)
+    restored = ckpts.restore(latest, abstract, None, with_opt_state=False)
+    ckpts.close()
+    writer.flush()
+    return TrainResult(TrainState(step=step_array(start), params=restored["params"], opt_state=None))
+  if latest is None:
+    if config.get("init_from"):
+      params = load_init_params(config.init_from, arch, abstract.params, mesh)
+      opt_state = jax.jit(tx.init, out_shardings=repl)(params)
+      state = TrainState(step=step_array(0), params=params, opt_state=opt_state)
+    else:
+      state = jax.jit(init_state, out_shardings=repl)(init_rng)
+    if jax.process_index() == 0:
+      writer.write_hparams(_flat_hparams(config))
+
+  # ------------------------------------------------------------------------------------------- hooks
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                           every_steps=config.log_every_steps)
+  hooks = [report]
+  if config.get("profile", False):
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=min(10, total_steps)))
+  if jax.process_index() > 0:
+    hooks = []
+
+  last_eval = None
+  history = []  # training loss of every step of this call
+  pending = []  # (step, device metrics) not yet checked on the host
+  window = []   # host metrics since the last log
+
+  def drain():
+    for s, m in pending:
+      host = {k: float(v) for k, v in sharding.to_host(m).items()}
+      _check_finite(s, host, ckpts)
+      window.append(host)
+      history.append(host["loss"])
+    pending.clear()
+
+  def log_train(step):
+    if not window:
+      return
+    scalars = {"train/loss": float(np.mean([m["loss"] for m in window])),
+               "train/grad_norm": float(np.mean([m["grad_norm"] for m in window])),
+               "train/lr": window[-1]["lr"]}
+    writer.write_scalars(step, scalars)
+    window.clear()
+
+  eval_apply = []  # one jitted forward pass for all evaluations (compiled once per image shape)
+
+  def run_eval(step, state):
+    params = sharding.to_host(state.params)
+    if jax.process_index() != 0:
+      return None  # Process 0 evaluates on one of its devices; the others go on to the next step and wait there.
+    if eval_apply:
+      eval_apply[0].params = jax.device_put(params, jax.local_devices()[0])
+    else:
+      from sparse_restore import restore
+      eval_apply.append(restore.make_apply_fn(eval_module, params))
+    out_dir = os.path.join(workdir, "eval", str(step))
+    with report.timed("eval"):
+      result = evaluation.evaluate(
+          eval_module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
+          save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
+          num_samples=config.eval.num_summary_images, step=step, apply_fn=eval_apply[0])
+    writer.write_scalars(step, {f"eval/{k}": result.summary[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")})
+    if result.samples:
+      writer.write_images(step, {f"eval/{name}": strip[None] for name, strip in result.samples.items()})
+    logging.info("%s", result.describe())
+    return result
+
+  # ------------------------------------------------------------------------------------------- loop
+  try:
+    for stage in stages[start_stage.index:]:
+      if stage.index != start_stage.index:
+        tx, schedule = create_optimizer(config, stage)
+        state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
+      stage_data = data_config_for(config, workdir, patch_size=stage.patch_size)
+      make_dataset = train_dataset_fn or input_pipeline.train_dataset
+      ds = make_dataset(stage_data, global_batch_size=stage.batch_size, seed=config.seed + stage.index,
+                        process_index=jax.process_index(), process_count=jax.process_count())
+      data_iter = iter(ds)
+      if state is None:  # Resuming: params (+ optimizer state and data position when inside this stage).
+        restored = ckpts.restore(latest, abstract, data_iter if resume_in_stage else None,
+                                 with_opt_state=resume_in_stage)
+        opt_state = (restored["opt_state"] if resume_in_stage
+                     else jax.jit(tx.init, out_shardings=repl)(restored["params"]))
+        state = TrainState(step=step_array(start), params=restored["params"], opt_state=opt_state)
+        logging.info("Resumed from %s/%d (stage %d%s).", ckpts.directory, start, stage.index,
+                     "" if resume_in_stage else ", fresh optimizer and data stream")
+      step_fn = make_train_step(mesh, module=module, tx=tx, schedule=schedule, loss_fn=loss_fn,
+                                stage_start=stage.start)
+      local_bs = sharding.local_batch_size(stage.batch_size, mesh)
+      end = stage.end if stop_at_step is None else min(stage.end, max(int(stop_at_step), start))
+      for step in range(max(start, stage.start), end):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          with report.timed("data", wait_jax_async_dispatch=False):
+            local = next(data_iter)
+          _check_batch(local, local_bs, stage.patch_size)
+          batch = sharding.global_batch({"input": local["input"], "target": local["target"]}, mesh)
+          state, metrics = step_fn(state, batch, train_rng)
+        drain()  # Metrics of the previous step: it has finished by now, so this costs no pipelining.
+        done = step + 1
+        pending.append((done, metrics))
+        for hook in hooks:
+          hook(done)
+        if done % config.log_every_steps == 0 or done == total_steps:
+          drain()
+          log_train(done)
+        if done % config.checkpoint_every_steps == 0 or done == stage.end or done == stop_at_step:
+          drain()  # Never save a state whose loss was not checked.
+          with report.timed("checkpoint"):
+            ckpts.save(state, data_iter, stage)
+        if config.eval_every_steps > 0 and (done % config.eval_every_steps == 0 or done == total_steps):
+          drain()
+          last_eval = run_eval(done, state)
+      drain()
+      if stop_at_step is not None and end < stage.end:
+        logging.info("Stopping at step %d as asked (stop_at_step); rerun with the same workdir to continue.", end)
+        break
+  finally:
+    ckpts.close()
+    writer.flush()
+  return TrainResult(state=state, losses=history, first_step=start, eval=last_eval)
+
+
+def _check_batch(local, local_bs: int, patch: int):
+  shape = tuple(np.shape(local["input"]))
+  if shape != (local_bs, patch, patch, 3) or tuple(np.shape(local["target"])) != shape:
+    raise ValueError(f"input pipeline returned input {shape} / target {tuple(np.shape(local['target']))}, expected "
+                     f"({local_bs}, {patch}, {patch}, 3) per process")
+
+
+def load_init_params(path: str, arch: str, abstract_params, mesh):
+  """Params of an exported model or training workdir at ``path``, checked against the config's network."""
+  _, params, info = checkpoint.load_model(path)
+  if info["arch"] != arch:
+    raise ModelMismatchError(f"config.init_from={path} holds a {info['arch']!r} model; the config trains {arch!r}")
+  want = jax.tree_util.tree_structure(abstract_params)
+  got = jax.tree_util.tree_structure(params)
+  if want != got:
+    raise ModelMismatchError(f"config.init_from={path}: parameter tree does not match the config's model "
+                             f"({info['config']} vs config.model)")
+  for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree_util.tree_leaves(params)):
+    if tuple(a.shape) != tuple(np.shape(b)):
+      raise ModelMismatchError(f"config.init_from={path}: {jax.tree_util.keystr(kp)} has shape {np.shape(b)}, "
+                               f"the config's model needs {a.shape}")
+  logging.info("Initialised params from %s (%s).", path, info["arch"])
+  return sharding.replicate(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), mesh)
+
+
+# ################################################################################################################
+#                                               Evaluate mode
+# ################################################################################################################
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, checkpoint_path: Optional[str] = None,
+                        step: Optional[int] = None):
+  """Evaluates a model on ``config.data``'s eval split with the dataset's protocol (full images).
+
+  The model is ``checkpoint_path`` (an exported/converted model or a training workdir) if given, else the newest
+  (or ``step``) checkpoint of ``workdir``, else ``config.init_from``. Results go to ``<workdir>/eval/<step>/``
+  (``eval/pretrained/`` for an exported model). Returns the :class:`evaluation.EvalResult` (process 0; None on
+  the others).
+  """
+  from sparse_restore import evaluation
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  source = checkpoint_path
+  if not source:
+    if checkpoint.latest_step(workdir) is not None:
+      source = workdir
+    elif config.get("init_from"):
+      source = config.init_from
+    else:
+      raise ValueError(f"nothing to evaluate: {workdir} has no checkpoints/ and neither --checkpoint nor "
+                       "config.init_from is set")
+  module, params, info = checkpoint.load_model(source, step=step)
+  tag = str(info["step"]) if "step" in info else "pretrained"
+  data_config = data_config_for(config, workdir)
+  prepare_data(data_config, workdir)
+  if jax.process_index() != 0:
+    return None
+  out_dir = os.path.join(workdir, "eval", tag)
+  logging.info("Evaluating %s (%s, %s) on %s/%s -> %s", source, info["arch"], tag, data_config.name,
+               data_config.eval_split, out_dir)
+  result = evaluation.evaluate(
+      module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
+      save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
+      step=info.get("step"), source=source)
+  return result

@@ -120,6 +120,40 @@ def test_converter_rules_errors_and_layouts():
   np.testing.assert_array_equal(ast_rules.convert_array("conv.blocks.1.attn.proj.weight", d), d.T)
 
 
+def test_leff_checkpoints_convert(fixtures_dir):
+  """A token_mlp='leff' state dict (the reference constructor's default) is detected and converts completely."""
+  torch = pytest.importorskip("torch")
+  from sparse_restore.convert import engine
+  ckpt = torch.load(fixtures_dir / "ast_tiny.pth", map_location="cpu", weights_only=True)
+  state = {}
+  for k, v in ckpt["state_dict"].items():
+    if k.endswith("partial_conv3.weight"):
+      continue
+    v = v.numpy()
+    if ".mlp.linear1.0." in k:
+      v = v[: v.shape[0] // 2]  # LeFF: linear1 is C -> hidden (FRFN: C -> 2 hidden)
+    state[k] = v
+  config, params = engine.convert_state_dict(state, "ast")
+  assert config["token_mlp"] == "leff" and config["mlp_ratio"] == 4.0
+  out = jax.jit(AST(**config).apply)({"params": params}, np.zeros((1, 16, 24, 3), np.float32))
+  assert out.shape == (1, 16, 24, 3) and np.isfinite(np.asarray(out)).all()
+
+
+def test_leff_matches_torch_ops():
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(0).normal(size=(2, 6, 10, 8)).astype(np.float32)
+  module = frfn.LeFF(8, 32)
+  p = jax.tree_util.tree_map(np.array, _random_params(module, x, scale=0.3))  # writable copies for torch
+  out = np.asarray(module.apply({"params": p}, x))
+  t = torch.from_numpy
+  h = torch.nn.functional.gelu(t(x) @ t(p["linear1"]["kernel"]) + t(p["linear1"]["bias"]))
+  w = t(np.ascontiguousarray(p["dwconv"]["kernel"].transpose(3, 2, 0, 1)))  # [3,3,1,C] -> [C,1,3,3]
+  h = torch.nn.functional.conv2d(h.permute(0, 3, 1, 2), w, t(p["dwconv"]["bias"]), padding=1, groups=32)
+  h = torch.nn.functional.gelu(h).permute(0, 2, 3, 1)
+  ref = (h @ t(p["linear2"]["kernel"]) + t(p["linear2"]["bias"])).numpy()
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------ windows, masks, indices
 
 def _reference_shift_mask(h, w, ws, s):

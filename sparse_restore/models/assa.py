@@ -6,8 +6,10 @@ by ``softmax(w)`` of a learned 2-vector ``w``. Shifted windows use the Swin regi
 that came from different image regions), added to the scores before both branches.
 
 Helpers here (window partition / reverse, relative-position index, shift-region ids and masks) work on NHWC
-images with explicit H and W, so non-square images are handled. Masks and indices are plain NumPy constants
-computed from static shapes at trace time.
+images with explicit H and W, so non-square images are handled. Indices and region ids are small NumPy
+constants computed from static shapes at trace time; the (nW, N, N) mask itself is built in-graph from the ids
+(``shifted_window_mask`` is its NumPy twin), so no image-sized constant is embedded in the program.
+Also the small helpers shared by AST's layers: ``dense_init``, ``LayerParams``, ``resolve_chunk_bytes``.
 """
 from __future__ import annotations
 
@@ -136,9 +138,9 @@ class ASSA(nn.Module):
     qkv_bias: biases in ``to_q`` / ``to_kv``.
     dtype: compute dtype of the projections and of ``A @ v``; the score path (scores, bias, mask, softmax,
       squared ReLU, branch mixing) always runs in float32.
-    chunk_bytes: budget (bytes) of the float32 scores of one chunk of windows; more windows than that are
-      processed chunk by chunk with ``lax.map`` (same result, far less memory traffic on CPU). None = auto
-      (``resolve_chunk_bytes``: 4 MiB on CPU, of which half for the scores; off elsewhere); 0 = off.
+    chunk_bytes: working-set budget (bytes); when the float32 scores of all windows exceed half of it, the
+      windows are processed in chunks whose scores fit, with ``lax.map`` (same result, far less memory traffic
+      on CPU). None = auto (``resolve_chunk_bytes``: 4 MiB on CPU, off elsewhere); 0 = off.
 
   Params: ``qkv/to_q``, ``qkv/to_kv``, ``proj`` (Dense kernels/biases), ``relative_position_bias_table``
   ((2ws-1)^2, h), ``w`` (2,).

@@ -31,6 +31,12 @@ the authors' SPA-Data test script instead zero-pads *centred* to a square (``exp
 reproduce that protocol exactly, do that padding before calling the model (the internal padding is then a
 no-op). Because the model pads internally, ``size_multiple = 1``.
 
+Speed (CPU). Exact GELU is written with ``erf`` (fuses; JAX's ``erfc`` form does not), the depthwise conv reads
+materialised padded activations, attention runs heads-first with batched matmuls, the relative-position bias is
+one constant-index gather per call and shift masks come from small constant region-id tables. With
+``chunk_bytes`` (default: auto = on for CPU) FRFN runs over chunks of rows and ASSA over chunks of windows
+(``lax.map``), which bounds the working set for large images; results do not change.
+
 Flax parameter names mirror the PyTorch state_dict (see ``sparse_restore/convert/ast.py``):
 ``encoderlayer_0/blocks_0/mlp/linear1/kernel``, ``decoderlayer_1/blocks_3/attn/qkv/to_kv/bias``,
 ``conv/blocks_1/attn/relative_position_bias_table``, ``dowsample_2/kernel``, ``upsample_0/kernel``, ...

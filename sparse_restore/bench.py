@@ -1,0 +1,304 @@
+r"""Benchmarks: forward (inference) and full train-step timings of the networks, on any backend.
+
+    python -m sparse_restore.bench --model drsformer --size 256 --batch 1 --mode forward
+    python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward
+    python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
+    python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
+    python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
+
+Each measurement prints ONE JSON object on stdout (progress goes to stderr), with at least:
+``median_s`` (median wall time of one call after warm-up), ``min_s``, ``median_cpu_s`` (process CPU time of
+one call, all threads: robust to other load on a shared machine), ``runs``, ``compile_s`` and ``compile_cpu_s``
+(lowering + XLA compilation, measured separately), ``first_call_s`` (first execution after compilation), ``images_per_s``,
+``us_per_pixel`` (microseconds per output pixel: flat across sizes means linear scaling), ``peak_rss_gb``
+(whole process, from getrusage), ``device_peak_gb`` (accelerator allocator peak when the backend reports it),
+``gflop`` (XLA's cost analysis of the compiled call) and ``tflops_achieved``; with ``--peak-tflops`` also
+``fraction_of_peak``.
+
+``max-batch`` mode asks XLA, without running anything, how much memory the compiled train step needs
+(arguments + outputs + temporaries, minus donated/aliased buffers) for growing batch sizes, and reports the
+largest batch that fits in ``--memory-gb``; ``--check`` additionally runs that batch once and reports peak RSS.
+
+Timing rules (performance.md): jitted functions, a warm-up call, ``block_until_ready()``, median of ``--runs``.
+Default networks are the full-size published ones (DRSformer with MEFC, AST_B) with random weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparse_restore import models
+
+DEFAULT_CONFIGS = {
+    # Full-size published networks (the reference timings in performance.md use these).
+    "drsformer": {},
+    "drsformer_nomefc": {"use_mefc": False},
+}
+
+
+def model_config(name: str, preset: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Registry name and constructor arguments of a benchmark network (``model_kwargs`` override them)."""
+  if name == "ast":
+    from sparse_restore.models import ast as ast_mod
+    arch, config = "ast", dict(ast_mod.PRESETS[preset or "AST_B"])
+  elif name in DEFAULT_CONFIGS:
+    arch, config = "drsformer", dict(DEFAULT_CONFIGS[name])
+  else:
+    arch, config = name, {}
+  config.update(model_kwargs or {})
+  return arch, config
+
+
+def _peak_rss_gb() -> float:
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _device_peak_gb() -> Optional[float]:
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # pragma: no cover - backend without allocator stats
+    return None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 2**30
+
+
+def _cost_gflop(compiled) -> Optional[float]:
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    flops = cost.get("flops") if cost else None
+    return float(flops) / 1e9 if flops else None
+  except Exception:  # pragma: no cover - cost analysis is best effort
+    return None
+
+
+def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str):
+  """The network with benchmark options applied."""
+  kwargs = dict(config)
+  if dtype != "float32":
+    kwargs["dtype"] = jnp.dtype(dtype)
+  if remat:
+    kwargs["remat"] = True
+  if conv_impl != "auto":
+    kwargs["conv_impl"] = conv_impl
+  return models.create(arch, **kwargs)
+
+
+def make_forward(module):
+  def forward(params, x):
+    return module.apply({"params": params}, x)
+  return jax.jit(forward)
+
+
+def make_train_step(module, *, lr: float = 3e-4, weight_decay: float = 1e-4, clip: float = 0.01):
+  """A full train step (forward, L1 loss, backward, global-norm clip, AdamW) with donated state.
+
+  Uses the training module's step when available so that the benchmark measures what training runs.
+  """
+  import optax
+  tx = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=weight_decay))
+
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      out = module.apply({"params": p}, x)
+      return jnp.mean(jnp.abs(out.astype(jnp.float32) - y))
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, loss
+
+  return tx, jax.jit(step, donate_argnums=(0, 1))
+
+
+def _time_calls(fn, args, runs: int, *, carry_state: bool):
+  """Wall and process-CPU seconds of ``runs`` calls (CPU time is robust to other load on the machine)."""
+  times, cpu_times = [], []
+  for _ in range(runs):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+    cpu_times.append(time.process_time() - c0)
+    if carry_state:  # train step: feed the donated state back in
+      args = (out[0], out[1]) + tuple(args[2:])
+  return times, cpu_times
+
+
+def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float32", runs: int = 3,
+            remat: bool = False, conv_impl: str = "auto", preset: Optional[str] = None,
+            peak_tflops: Optional[float] = None, width: Optional[int] = None,
+            model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Compiles and times one (network, size, batch, mode) combination; returns the JSON record."""
+  arch, config = model_config(name, preset, model_kwargs)
+  module = build(arch, config, dtype=dtype, remat=remat, conv_impl=conv_impl)
+  h, w = size, width or size
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
+  side = 2 * max(getattr(module, "size_multiple", 8), 8)
+  init_x = jnp.zeros((1, side, side, 3), jnp.float32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), init_x)["params"]
+  n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+
+  if mode == "forward":
+    fn = make_forward(module)
+    args = (params, x)
+  elif mode == "train":
+    y = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
+    tx, fn = make_train_step(module)
+    args = (params, tx.init(params), x, y)
+  else:
+    raise ValueError(f"unknown mode {mode!r}")
+
+  t0, c0 = time.perf_counter(), time.process_time()
+  compiled = fn.lower(*args).compile()
+  compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+  t0 = time.perf_counter()
+  out = compiled(*args)
+  jax.block_until_ready(out)
+  first_call_s = time.perf_counter() - t0
+  if mode == "train":
+    args = (out[0], out[1]) + args[2:]
+  times, cpu_times = _time_calls(compiled, args, runs, carry_state=(mode == "train"))
+  median = statistics.median(times)
+  gflop = _cost_gflop(compiled)
+  rec = {
+      "model": name, "arch": arch, "preset": preset, "mode": mode, "height": h, "width": w, "batch": batch,
+      "dtype": dtype, "remat": remat, "conv_impl": conv_impl, "params": n_params,
+      "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
+      "model_kwargs": model_kwargs or {},
+      "compile_s": round(compile_s, 3), "compile_cpu_s": round(compile_cpu_s, 3),
+      "first_call_s": round(first_call_s, 4), "runs": runs,
+      "median_s": round(median, 5), "min_s": round(min(times), 5),
+      "median_cpu_s": round(statistics.median(cpu_times), 5),
+      "images_per_s": round(batch / median, 4), "us_per_pixel": round(median / (batch * h * w) * 1e6, 4),
+      "peak_rss_gb": round(_peak_rss_gb(), 3), "device_peak_gb": _device_peak_gb(),
+      "gflop": None if gflop is None else round(gflop, 2),
+  }
+  if gflop:
+    rec["tflops_achieved"] = round(gflop / median / 1e3, 4)
+    if peak_tflops:
+      rec["fraction_of_peak"] = round(gflop / median / 1e3 / peak_tflops, 4)
+  return rec
+
+
+def train_memory_bytes(name: str, *, size: int, batch: int, remat: bool, dtype: str = "float32",
+                       preset: Optional[str] = None,
+                       model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """XLA's memory analysis of the compiled train step (nothing is executed)."""
+  arch, config = model_config(name, preset, model_kwargs)
+  module = build(arch, config, dtype=dtype, remat=remat, conv_impl="auto")
+  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  init_x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+  params = jax.eval_shape(module.init, jax.random.PRNGKey(0), init_x)["params"]
+  tx, step = make_train_step(module)
+  opt_state = jax.eval_shape(tx.init, params)
+  compiled = step.lower(params, opt_state, x, x).compile()
+  m = compiled.memory_analysis()
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return {"batch": batch, "total_bytes": int(total), "temp_bytes": int(m.temp_size_in_bytes),
+          "argument_bytes": int(m.argument_size_in_bytes)}
+
+
+def max_batch(name: str, *, size: int, memory_gb: float, remat: bool, dtype: str = "float32",
+              preset: Optional[str] = None, start: int = 1, limit: int = 1024,
+              model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Largest batch whose compiled train step fits in ``memory_gb`` (doubling, then bisection)."""
+  budget = memory_gb * 2**30
+  fits, fits_info, too_big = 0, None, None
+  b = start
+  while b <= limit:
+    info = train_memory_bytes(name, size=size, batch=b, remat=remat, dtype=dtype, preset=preset,
+                              model_kwargs=model_kwargs)
+    print(f"[max-batch] batch {b}: {info['total_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+    if info["total_bytes"] <= budget:
+      fits, fits_info = b, info
+      b *= 2
+    else:
+      too_big = b
+      break
+  if too_big is not None:
+    lo, hi = fits, too_big
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      info = train_memory_bytes(name, size=size, batch=mid, remat=remat, dtype=dtype, preset=preset,
+                              model_kwargs=model_kwargs)
+      print(f"[max-batch] batch {mid}: {info['total_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+      if info["total_bytes"] <= budget:
+        lo, fits_info = mid, info
+      else:
+        hi = mid
+    fits = lo
+  return {"model": name, "mode": "max-batch", "height": size, "width": size, "remat": remat, "dtype": dtype,
+          "memory_gb": memory_gb, "max_batch": fits,
+          "xla_bytes_at_max": None if fits_info is None else fits_info["total_bytes"],
+          "backend": jax.default_backend(), "jax": jax.__version__}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m sparse_restore.bench", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="drsformer",
+                 help="drsformer (full size, MEFC), drsformer_nomefc, ast (AST_B unless --preset), or a registry name")
+  p.add_argument("--preset", default=None, help="AST preset: AST_B (default) or AST_T")
+  p.add_argument("--model-kwargs", default=None,
+                 help='JSON object of constructor arguments overriding the default config, e.g. \'{"dim": 8}\'')
+  p.add_argument("--size", default="256", help="image side(s), comma separated, e.g. 128,256,512")
+  p.add_argument("--width", type=int, default=None, help="image width if different from --size (non-square)")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--mode", choices=("forward", "train", "max-batch"), default="forward")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay f32)")
+  p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (the median is reported)")
+  p.add_argument("--remat", action="store_true", help="rematerialise each block (less training memory)")
+  p.add_argument("--conv-impl", choices=("auto", "xla", "shift"), default="auto",
+                 help="grouped-conv implementation (auto: shift on CPU, XLA elsewhere)")
+  p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s, for fraction_of_peak")
+  p.add_argument("--memory-gb", type=float, default=20.0, help="max-batch: memory budget")
+  p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
+  args = p.parse_args(argv)
+  try:
+    sizes = [int(s) for s in str(args.size).split(",") if s]
+  except ValueError:
+    p.error(f"--size must be integers separated by commas, got {args.size!r}")
+  model_kwargs = None
+  if args.model_kwargs:
+    try:
+      model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as e:
+      p.error(f"--model-kwargs is not valid JSON ({e}): {args.model_kwargs!r}")
+    if not isinstance(model_kwargs, dict):
+      p.error(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+  print(f"[bench] backend={jax.default_backend()} devices={jax.devices()}", file=sys.stderr, flush=True)
+  for size in sizes:
+    if args.mode == "max-batch":
+      rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,
+                      preset=args.preset, model_kwargs=model_kwargs)
+      if args.check and rec["max_batch"]:
+        run = measure(args.model, size=size, batch=rec["max_batch"], mode="train", dtype=args.dtype, runs=1,
+                      remat=args.remat, preset=args.preset, model_kwargs=model_kwargs)
+        rec.update(checked_median_s=run["median_s"], checked_peak_rss_gb=run["peak_rss_gb"])
+    else:
+      rec = measure(args.model, size=size, batch=args.batch, mode=args.mode, dtype=args.dtype, runs=args.runs,
+                    remat=args.remat, conv_impl=args.conv_impl, preset=args.preset, peak_tflops=args.peak_tflops,
+                    width=args.width, model_kwargs=model_kwargs)
+    print(json.dumps(rec), flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

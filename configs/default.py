@@ -80,7 +80,7 @@ def get_config():
 
   # ---------------------------------------------------------------- logging, evaluation, checkpoints
   config.log_every_steps = 100               # write train loss / lr / grad norm / steps per second
-  config.eval_every_steps = 5_000            # full-image evaluation of the eval split (also after the last step; 0 = never)
+  config.eval_every_steps = 5_000            # full-image evaluation of the eval split, also after the last step (0 off)
   config.checkpoint_every_steps = 5_000      # Orbax checkpoint (also after the last step)
   config.max_checkpoints_to_keep = 3         # older checkpoints are deleted
   config.profile = False                     # capture a jax profiler trace of a few steps into the workdir

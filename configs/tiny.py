@@ -2,7 +2,8 @@ r"""A tiny DRSformer on the synthetic rain data, for tests (seconds per run on a
 
   python -m sparse_restore.main --config configs/tiny.py --workdir /tmp/tiny
 
-dim 8, one block per level, no MEFC, the depthwise FFN ('dfn') instead of MSFN, 32x32 patches, global batch 8, 6 steps; evaluation on 2 test images.
+dim 8, one block per level, no MEFC, the depthwise FFN ('dfn') instead of MSFN, 32x32 patches, global batch 8,
+6 steps; checkpoints every 2 steps; no evaluation unless ``eval_every_steps`` is set (then on 2 test images).
 """
 import importlib.util
 import os

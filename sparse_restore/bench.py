@@ -86,6 +86,30 @@ def _cost_gflop(compiled) -> Optional[float]:
     return None
 
 
+def random_params(module, sample, seed: int = 0):
+  """Random float32 params of the right shapes, without compiling ``module.init``.
+
+  Timing does not depend on the values, and ``jax.jit(module.init)`` spends minutes of XLA:CPU compile time
+  on one threefry kernel per parameter tensor. Kernels get PyTorch's default uniform(+-1/sqrt(fan_in)) scale,
+  vectors (biases, norms, scalars) ones / small values, so activations stay in a realistic range.
+  """
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(seed), sample)["params"]
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if leaf.ndim >= 2:
+      bound = 1.0 / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
+      value = rng.uniform(-bound, bound, leaf.shape)
+    elif name in ("scale", "temperature"):
+      value = np.ones(leaf.shape)
+    else:
+      value = rng.uniform(-0.1, 0.1, leaf.shape) if name == "bias" else np.full(leaf.shape, 0.2)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str):
   """The network with benchmark options applied."""
   kwargs = dict(config)
@@ -150,7 +174,7 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
   x = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
   side = 2 * max(getattr(module, "size_multiple", 8), 8)
   init_x = jnp.zeros((1, side, side, 3), jnp.float32)
-  params = jax.jit(module.init)(jax.random.PRNGKey(0), init_x)["params"]
+  params = random_params(module, init_x)
   n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
   if mode == "forward":

@@ -13,12 +13,15 @@ Modes:
             <workdir>/eval/<step>/.
 
 Config fields are overridden with ``--config.<field>=<value>``; the config is locked, so a misspelt field fails.
+Set ``JAX_COMPILATION_CACHE_DIR=<dir>`` to reuse compiled programs across runs (XLA:CPU needs minutes to compile
+a DRSformer train step).
 
-Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then finds the
-cluster (TPU pods, SLURM, Open MPI, $JAX_COORDINATOR_ADDRESS/...). Without a cluster manager, give
-``--coordinator_address=host0:port --num_processes=N --process_id=i`` to every process (also works on one machine,
-e.g. CPU processes on localhost). The global batch is split over all devices of all processes; each process reads
-its share of the data.
+Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then takes the
+process layout from the cluster manager (Cloud TPU, SLURM, Open MPI, ...). Without one, give
+``--coordinator_address=host0:port --num_processes=N --process_id=i`` to every process (this also works on one
+machine, e.g. CPU processes on localhost; a set $JAX_COORDINATOR_ADDRESS also turns the distributed start on).
+The global batch is split over all devices of all processes; each process reads its own shard of the data, and
+only process 0 writes TensorBoard summaries and evaluates.
 """
 from __future__ import annotations
 

@@ -152,6 +152,33 @@ def test_optimizer_is_clipped_adamw():
   np.testing.assert_allclose(updates["w"], want, rtol=1e-5)
 
 
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
+  """compute_dtype/remat reach the training network only; params, optimizer state and loss stay float32, and
+  model.json (what a resumed run must match) does not depend on them."""
+  cfg = load_config("tiny")
+  cfg.compute_dtype, cfg.remat = "bfloat16", True
+  module, eval_module = train.create_model(cfg), train.create_model(cfg, train=False)
+  assert module.dtype == jnp.bfloat16 and module.remat and eval_module.dtype is None and not eval_module.remat
+  assert train.describe_model(module) == train.describe_model(eval_module) == train.describe_model(
+      train.create_model(load_config("tiny")))
+  (stage,) = schedules.resolve_stages(cfg)
+  tx, sched = train.create_optimizer(cfg, stage)
+
+  def one_step():
+    params = train.init_params(module, jax.random.key(0, impl="rbg"))
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    batch = {"input": jnp.zeros((2, 32, 32, 3)), "target": jnp.zeros((2, 32, 32, 3))}
+    return train.train_step(state, batch, jax.random.key(1), module=module, tx=tx, schedule=sched,
+                            loss_fn=losses.l1, stage_start=0)
+
+  state, metrics = jax.eval_shape(one_step)
+  dtypes = {x.dtype for x in jax.tree_util.tree_leaves((state.params, state.opt_state, metrics))}
+  assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}, dtypes
+  with pytest.raises(ValueError, match="compute_dtype"):
+    cfg.compute_dtype = "float16"
+    train.create_model(cfg)
+
+
 # ------------------------------------------------------------------------------------------------ training loop
 
 

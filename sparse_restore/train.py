@@ -40,7 +40,7 @@ from absl import logging
 from sparse_restore import checkpoint, losses, models, schedules, sharding
 
 # Constructor arguments that choose how a network runs, not what it computes; they are left out of model.json.
-RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "conv_impl", "parent", "name")
+RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "conv_impl", "scan_blocks", "parent", "name")
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")
 

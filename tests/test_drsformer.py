@@ -111,7 +111,7 @@ def test_full_size_manifest_maps_one_to_one(fixtures_dir, variant, count):
   state = {k: np.zeros(v["shape"], np.float32) for k, v in manifest.items()}
   config = RULES.detect_config(state)
   default = models.create("drsformer", use_mefc=variant == "mefc")
-  runtime_only = {"conv_impl", "dtype", "remat", "parent", "name"}
+  runtime_only = {"conv_impl", "dtype", "remat", "scan_blocks", "parent", "name"}
   fields = {f.name for f in dataclasses.fields(default) if f.name not in runtime_only}
   assert set(config) == fields - ({"mefc_experts"} if variant == "nomefc" else set())
   assert all(getattr(models.create("drsformer", **config), f) == getattr(default, f) for f in fields)
@@ -322,20 +322,29 @@ def test_detect_ffn_factor_reproduces_hidden_widths(factor):
 # Training switches.
 
 
-@pytest.mark.slow  # Compiles two backward passes.
-def test_remat_same_params_and_gradients():
-  cfg = dict(dim=8, num_blocks=(1, 1, 1, 1), use_mefc=False)
+def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
+  """``scan_blocks`` (default) rolls each level's STBs into one lax.scan over their stacked params: same param
+  tree, same outputs and same gradients as the unrolled blocks; ``remat`` changes neither."""
+  # XLA convolutions: the scan logic does not depend on them, and their backward passes compile quickly.
+  cfg = dict(dim=8, num_blocks=(2, 1, 1, 3), heads=(1, 2, 2, 4), use_mefc=False, conv_impl="xla")
   x = jnp.asarray(np.random.default_rng(3).uniform(size=(1, 16, 16, 3)), jnp.float32)
-  plain = models.create("drsformer", **cfg)
-  remat = models.create("drsformer", remat=True, **cfg)
-  params = _random_params(plain, x)
-  shapes = jax.eval_shape(lambda: remat.init(jax.random.PRNGKey(0), x))["params"]
-  assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+  unrolled = models.create("drsformer", scan_blocks=False, **cfg)
+  scanned = models.create("drsformer", **cfg)
+  scanned_remat = models.create("drsformer", remat=True, **cfg)
+  params = _random_params(unrolled, x)
+  for m in (scanned, scanned_remat):
+    shapes = jax.eval_shape(lambda m=m: m.init(jax.random.PRNGKey(0), x))["params"]
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params)
+  assert "latent_2" in params and "encoder_level1_1" in params
 
-  def loss(model):
-    return jax.jit(jax.grad(lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - 0.5))))
+  def value_and_grad(model):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, x) - 0.5))))
 
-  g1, g2 = loss(plain)(params), loss(remat)(params)
-  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-  assert any(float(jnp.abs(a).max()) > 0 for a in jax.tree_util.tree_leaves(g1["latent_0"]["attn"]))
+  (l1, g1), (l2, g2), (l3, g3) = (value_and_grad(m)(params) for m in (unrolled, scanned, scanned_remat))
+  np.testing.assert_allclose(float(l2), float(l1), rtol=1e-6)
+  np.testing.assert_allclose(float(l3), float(l1), rtol=1e-6)
+  for a, b, c in zip(*(jax.tree_util.tree_leaves(g) for g in (g1, g2, g3))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
+  # Every block of a scanned level gets its own gradient.
+  assert all(float(jnp.abs(g2[f"latent_{i}"]["attn"]["qkv"]["kernel"]).max()) > 0 for i in range(3))

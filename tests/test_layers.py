@@ -121,3 +121,29 @@ def test_full_tiny_model_shift_and_xla_agree():
   assert np.isfinite(a).all()
   assert np.abs(a - np.asarray(x)).max() > 1e-3  # The network does something.
   np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("case", ["dw3x3", "dw7x7", "dil5x5", "msfn3x3_g2", "msfn5x5_g2"])
+def test_shift_conv_gradients_match_xla(case):
+  """The shift path's custom backward (flipped-kernel input gradient; halving-sum kernel gradient, unrolled for
+  <= 9 taps and scanned above) equals autodiff of ``lax.conv_general_dilated``."""
+  k, pad, dil, cin, cout, groups = CONV_CASES[case]
+  x = jnp.asarray(_rand(3, (2, 9, 14, cin)))
+  kernel = jnp.asarray(_rand(4, (k, k, cin // groups, cout)))
+  probe = jnp.asarray(_rand(5, (2, 9, 14, cout)))
+
+  def loss(impl):
+    conv = layers.Conv2d(cout, k, padding=pad, dilation=dil, groups=groups, use_bias=False, conv_impl=impl)
+    return jax.jit(jax.grad(lambda p, v: jnp.sum(conv.apply({"params": p}, v) * probe), argnums=(0, 1)))
+
+  (gk_shift, gx_shift), (gk_xla, gx_xla) = loss("shift")({"kernel": kernel}, x), loss("xla")({"kernel": kernel}, x)
+  for got, want in [(gk_shift["kernel"], gk_xla["kernel"]), (gx_shift, gx_xla)]:
+    assert float(jnp.abs(want).max()) > 0
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-5 * float(jnp.abs(want).max()))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 64, 129])
+def test_halving_sum_is_a_sum(n):
+  x = _rand(6, (n, 3, 5))
+  np.testing.assert_allclose(np.asarray(layers.halving_sum(jnp.asarray(x))), x.astype(np.float64).sum(0),
+                             rtol=1e-5, atol=1e-5)

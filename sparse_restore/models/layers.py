@@ -142,8 +142,9 @@ def _depthwise_shift(x, kernel, padding, dilation):
   """Depthwise shift convolution whose backward pass is cheap to compile and run on XLA:CPU.
 
   Input gradient: the same shifted-tap correlation of the output gradient with the flipped kernel. Kernel
-  gradient: XLA's convolution (one op; autodiff of the taps gives k*k separate reductions, slower and ~5x
-  longer to compile).
+  gradient: per tap, the product of the shifted input and the output gradient summed by :func:`halving_sum`
+  (XLA:CPU's reductions over the pixel axes run single-threaded and unvectorised: its convolution-based kernel
+  gradient and plain ``jnp.sum`` were both measured 5-20x slower).
   """
   return _depthwise_shift_fwd_only(x, kernel, padding, dilation)
 
@@ -152,15 +153,62 @@ def _depthwise_shift_fwd(x, kernel, padding, dilation):
   return _depthwise_shift_fwd_only(x, kernel, padding, dilation), (x, kernel)
 
 
+def halving_sum(x):
+  """Sum over the leading axis by repeated halving (``x[:n/2] + x[n/2:]``).
+
+  Each level is an elementwise add, which XLA:CPU vectorises and spreads over all cores; the pairwise order
+  also keeps float32 rounding error lower than a sequential sum.
+  """
+  while x.shape[0] > 1:
+    n = x.shape[0]
+    half = n // 2
+    total = x[:half] + x[half:2 * half]
+    if n % 2:
+      total = total.at[0].add(x[-1])
+    x = total
+  return x[0]
+
+
+def depthwise_kernel_grad(x, g, kernel_shape, padding, dilation):
+  """Gradient of a depthwise convolution's ``[kh, kw, 1, C]`` kernel: ``sum_pixels shift_ij(x_padded) * g``.
+
+  Kernels with more than 9 taps loop over them (``lax.scan`` with a dynamic slice): as fast as unrolled taps
+  on XLA:CPU and 4-9x quicker to compile.
+  """
+  kh, kw, _, c = kernel_shape
+  (ph, pw), (dh, dw) = padding, dilation
+  b, h, w, _ = g.shape
+  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+
+  def tap(window):
+    rows = (window * g).astype(jnp.float32).reshape(b * h, w, c)
+    return jnp.sum(halving_sum(rows), axis=0)
+
+  if kh * kw > 9:
+    offsets = jnp.asarray([(i * dh, j * dw) for i in range(kh) for j in range(kw)], jnp.int32)
+
+    def body(carry, offset):
+      return carry, tap(lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), (b, h, w, c)))
+
+    _, taps = lax.scan(body, None, offsets)
+    return taps.reshape(kh, kw, 1, c)
+  if ph or pw:
+    xp = lax.optimization_barrier(xp)
+  taps = [tap(lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + h, j * dw + w, c)))
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kh, kw, 1, c)
+
+
 def _depthwise_shift_bwd(padding, dilation, res, g):
   x, kernel = res
+  # Materialise the incoming gradient: otherwise XLA may fuse (recompute) its producer into every tap's loop.
+  g = lax.optimization_barrier(g)
   kh, kw, _, _ = kernel.shape
   (ph, pw), (dh, dw) = padding, dilation
   back_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
   dx = _depthwise_shift_fwd_only(g, kernel[::-1, ::-1], back_pad, dilation)
-  _, kernel_vjp = jax.vjp(
-      lambda k: conv_reference(x, k, padding=padding, dilation=dilation, groups=k.shape[-1]), kernel)
-  return dx.astype(x.dtype), kernel_vjp(g)[0]
+  dk = depthwise_kernel_grad(x, g, kernel.shape, padding, dilation)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)

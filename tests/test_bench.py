@@ -34,3 +34,27 @@ def test_bench_cli_rejects_bad_model_kwargs():
     bench.main(["--model-kwargs", "[1, 2]"])
   with pytest.raises(SystemExit):
     bench.main(["--model-kwargs", "{not json"])
+
+
+@pytest.mark.parametrize("fixed_gb,per_image_gb,memory_gb,convex,max_calls", [
+    (1.0, 0.5, 20.0, 1e-5, 4), (1.0, 0.5, 1.2, 1e-5, 1), (1.0, 0.5, 1.5, 1e-5, 2), (1.0, 0.5, 2.0, 1e-5, 4),
+    (2.0, 0.3, 9.0, 1e-5, 4), (0.1, 0.001, 20.0, 0.0, 3), (0.1, 0.001, 20.0, 1e-4, 14)])
+def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch, fixed_gb, per_image_gb, memory_gb, convex,
+                                                          max_calls):
+  """Affine extrapolation plus checks gives the exact answer with a few compilations, also when the need is
+  slightly convex (XLA's buffer assignment is not exactly affine)."""
+  def need(batch):
+    return int((fixed_gb + per_image_gb * batch + convex * batch ** 2) * 2**30)
+
+  calls = []
+
+  def fake(name, *, size, batch, remat, dtype="float32", preset=None, model_kwargs=None):
+    calls.append(batch)
+    return {"batch": batch, "total_bytes": need(batch), "temp_bytes": 0, "argument_bytes": 0}
+
+  monkeypatch.setattr(bench, "train_memory_bytes", fake)
+  rec = bench.max_batch("drsformer", size=128, memory_gb=memory_gb, remat=False)
+  want = max([0] + [b for b in range(1, 1025) if need(b) <= memory_gb * 2**30])
+  assert rec["max_batch"] == want
+  assert want == 0 or rec["xla_bytes_at_max"] == need(want)
+  assert len(calls) <= max_calls, calls

@@ -1,0 +1,1269 @@
+"""Every command in the documentation is valid, and each one is run by some test (or by CI).
+
+Sources: the fenced code blocks of README.md, data/README.md and colab/README.md and their inline `python ...` /
+`pip ...` code spans; the indented command lines (and ``python ...`` spans) of the module docstrings of
+configs/*.py, sparse_restore/{main,infer,evaluate,bench}.py, sparse_restore/convert/__main__.py and
+data/tfds_build.py. Backslash-continued lines are joined, comments dropped, `a && b` split; a command with
+`[optional]` parts is checked with them left out and with them all put in (once per `a|b` alternative).
+
+Static checks (quick, nothing is run; a failure names the file, line and command):
+  * test_command_is_valid (one per command): `python -m sparse_restore.{infer,evaluate,convert}` parse with the
+    CLI's own build_parser(); `sparse_restore.bench`, which has no build_parser(), with a parser made from its
+    `--help` options; `sparse_restore.main` with main.py's absl flags on a fresh FlagValues and the
+    ml_collections config flag: the config file loads, each `--config.a.b=v` names a field of that (locked)
+    config and `v` parses for its type; `data/tfds_build.py` with the TFDS build parser it hands to absl
+    (dataset folder checked); `python -m pytest` paths and `-m` markers; pip extras against pyproject.toml;
+    `tensorboard --logdir` against the --workdir of the training commands; `python -c` code parses and its
+    `get_builder` names a registered dataset;
+  * test_flags_named_in_prose_exist: `--flags` in inline code exist in some documented program, and
+    `--config.a.b[=v]` in a config's docstring names a field of that config;
+  * test_files_named_in_the_documentation_exist: relative links, repository paths (configs/, colab/, data/,
+    tests/, sparse_restore/), README.md's config names, data/README.md's dataset folders;
+  * test_every_command_has_a_runner: the table below lists every command, and the tests it names exist;
+  * negative tests on a README with one mistake per line show each kind of mistake is reported.
+
+Commands and where they run (a test, CI, or why not; "slow" tests run with `python -m pytest -m slow`).
+Commands run here are taken from the documentation, with files swapped for fixtures/temporary paths and
+flags appended to scale them down (a tiny network, a few steps, small images):
+
+  python3 -m venv .venv
+    -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
+  . .venv/bin/activate
+    -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
+  pip install -e ".[all]"
+    -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
+  python -m sparse_restore.main --config configs/demo.py --workdir /tmp/sparse_restore_demo
+    -> not run: the demo itself (600 steps, minutes on a CPU); configs/tiny.py through main.py:
+       test_main.py::test_train_mode
+  python -m pytest
+    -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
+  python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output models/drsformer_rain200h
+    -> test_convert.py::test_cli_drsformer_fixture_matches_reference,
+       test_readme_commands.py::test_main_evaluates_a_converted_model
+  python -m sparse_restore.convert --arch ast --input AST_SPAD.pth --output models/ast_spad --verify
+    -> test_readme_commands.py::test_convert_ast_with_verify
+  python -m sparse_restore.infer --checkpoint models/drsformer_rain200h --input photos/ --output restored/
+    -> test_infer.py::test_folder_with_mixed_formats_and_a_corrupt_file
+  python -m sparse_restore.infer --checkpoint models/drsformer_rain200h --input big.jpg --output restored/ --tile
+      512 --tile-overlap 32 --batch 4
+    -> test_infer.py::test_tiled_ensemble_cli_matches_library (16 px tiles)
+  python -m sparse_restore.infer --checkpoint /tmp/sparse_restore_demo --input photos/ --output out/ --ensemble
+    -> test_readme_commands.py::test_training_commands_scaled_down (slow; a training workdir as the model)
+  python -m sparse_restore.evaluate --results restored/ --targets Rain200H/test/target --protocol restormer
+    -> test_evaluate.py::test_cli_restormer_rain200h_with_reports
+  python -m sparse_restore.evaluate --results out/ --targets DID/test/target --protocol rcdnet --csv scores.csv
+    -> test_readme_commands.py::test_evaluate_rcdnet_with_csv
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/rain200h
+      --config.data.manual_dir=/data/Rain200H
+    -> test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/rain200h
+      --config.batch_size=8 --config.compute_dtype=bfloat16 --config.remat=True
+    -> test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/rain200h --mode evaluate
+    -> test_main.py::test_evaluate_mode_on_workdir_and_on_exported_model,
+       test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/eval_converted --mode
+      evaluate --checkpoint models/drsformer_rain200h --config.data.manual_dir=/data/Rain200H
+    -> test_readme_commands.py::test_main_evaluates_a_converted_model
+  tensorboard --logdir runs/rain200h
+    -> not run (a server): test_train.py::test_reference_run_writes_workdir checks the event files exist,
+       test_readme_commands.py::test_training_commands_scaled_down (slow) reads train/loss back from them
+  python -m sparse_restore.bench --model drsformer --size 128,256 --mode forward
+    -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (tiny network, 16,24 px)
+  python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
+    -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (without the options),
+       test_readme_commands.py::test_bench_train_remat_bfloat16_and_max_batch (slow; with them)
+  python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward
+    -> test_readme_commands.py::test_bench_ast_forward
+  python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
+    -> test_readme_commands.py::test_bench_train_remat_bfloat16_and_max_batch (slow)
+  python -m pytest -m slow
+    -> not run by CI (it runs the default selection); by hand
+  pip install -e .
+    -> not run: a subset of the `.[all]` install CI does
+  pip install -U "jax[tpu]"
+    -> not run: needs a TPU host
+  pip install -U "jax[cuda12]"
+    -> not run: needs an NVIDIA GPU host
+  python -c "from sparse_restore import datasets; datasets.get_builder('rain200h',
+      data_dir='~/tensorflow_datasets', manual_dir='/path/to/Rain200H').build()"
+    -> test_readme_commands.py::test_build_with_python_c
+  python data/tfds_build.py data/rain200h --manual_dir /path/to/Rain200H --data_dir ~/tensorflow_datasets
+    -> test_datasets.py::test_tfds_cli_build_subcommand_builds_the_data_folder
+  python data/tfds_build.py data/synthetic_rain --data_dir ~/tensorflow_datasets
+    -> test_readme_commands.py::test_tfds_build_synthetic_rain
+  python -m pytest tests/test_notebooks.py
+    -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
+  pip install jupyterlab
+    -> not run: an optional third-party front end
+  python colab/make_notebooks.py
+    -> not run (it would rewrite colab/*.ipynb): test_notebooks.py::test_committed_notebook_matches_generator
+       checks it would write the committed files
+  python colab/make_notebooks.py --check
+    -> test_readme_commands.py::test_make_notebooks_check
+  python -m sparse_restore.main --config configs/ast_agan.py --workdir /tmp/ast_agan
+      --config.data.manual_dir=/data/raindrop
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/ast_demo.py --workdir /tmp/ast_demo
+    -> not run: a demo (minutes); AST training stages: test_ast_configs.py::test_tiny_progressive_training (slow)
+  python -m sparse_restore.main --config configs/ast_densehaze.py --workdir /tmp/ast_densehaze
+      --config.data.manual_dir=/data/Dense-Haze-v2
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/ast_spa.py --workdir /tmp/ast_spa
+      --config.data.manual_dir=/data/SPA-Data
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/ast_tiny.py --workdir /tmp/ast_tiny
+    -> not through main.py: test_ast_configs.py::test_tiny_progressive_training (slow) trains this config with the
+       training loop main.py calls
+  python -m sparse_restore.main --config configs/default.py --workdir /tmp/drsformer_rain200h
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_ddn.py --workdir /tmp/drsformer_ddn
+      --config.data.manual_dir=/data/DDN-Data
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_did.py --workdir /tmp/drsformer_did
+      --config.data.manual_dir=/data/DID-Data
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/drsformer_rain200h
+      --config.data.manual_dir=/data/Rain200H
+    -> test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_rain200l.py --workdir /tmp/drsformer_rain200l
+      --config.data.manual_dir=/data/Rain200L
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/drsformer_spa.py --workdir /tmp/drsformer_spa
+      --config.data.manual_dir=/data/SPA-Data
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/tiny.py --workdir /tmp/tiny
+    -> test_main.py::test_train_mode
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/drsformer_rain200h
+    -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
+       the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
+  python -m sparse_restore.main --config configs/demo.py --workdir /tmp/demo
+    -> not run: the demo itself; configs/tiny.py through main.py: test_main.py::test_train_mode
+  python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/eval --mode evaluate
+      --checkpoint /path/to/converted_model
+    -> test_readme_commands.py::test_main_evaluates_a_converted_model
+  python -m sparse_restore.infer --checkpoint exports/drsformer_rain200h --input photos/ --output restored/
+      [--tile 512 --tile-overlap 32] [--ensemble] [--batch 4] [--dtype float32|bfloat16]
+    -> test_infer.py::test_tiled_ensemble_cli_matches_library (float32),
+       test_readme_commands.py::test_infer_docstring_options (bfloat16)
+  python -m sparse_restore.evaluate --results out/Rain200H --targets data/Rain200H/test/target --protocol
+      restormer [--channel y|rgb] [--csv scores.csv] [--json scores.json]
+    -> test_evaluate.py::test_cli_restormer_rain200h_with_reports (--csv --json),
+       test_evaluate.py::test_cli_rcdnet_and_rgb (--channel rgb)
+  python -m sparse_restore.bench --model drsformer --size 256 --batch 1 --mode forward
+    -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (tiny network, 16,24 px)
+  python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
+    -> test_bench.py::test_bench_cli_prints_one_json_record_per_size
+  python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output exports/rain200h
+    -> test_convert.py::test_cli_drsformer_fixture_matches_reference
+  python -m sparse_restore.convert --arch ast --input model_best.pth --output exports/ast --verify
+    -> test_readme_commands.py::test_convert_ast_with_verify
+"""
+import argparse
+import ast
+import copy
+import dataclasses
+import functools
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# ml_collections loads config files with the deprecated importlib load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
+MARKDOWN_DOCS = ("README.md", "data/README.md", "colab/README.md")
+DOCSTRING_DOCS = tuple(sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))) + (
+    "sparse_restore/main.py", "sparse_restore/infer.py", "sparse_restore/evaluate.py", "sparse_restore/bench.py",
+    "sparse_restore/convert/__main__.py", "data/tfds_build.py")
+# First words a documented command may start with. A line of a ```bash block starting with anything else stops
+# the collection of this file with a message naming it: extend check_tokens for the new kind of command.
+PROGRAMS = ("python", "python3", "pip", ".", "tensorboard")
+ARGPARSE_CLIS = ("infer", "evaluate", "bench", "convert")
+
+
+# ################################################################################################################
+#                                             Finding the commands
+# ################################################################################################################
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One documented command: where it is written, its words, and whether it came from a code block or prose."""
+  source: str              # "README.md:93"
+  tokens: Tuple[str, ...]  # shell words, comments dropped, one command of an `a && b` line
+  inline: bool = False     # from an inline code span (`...`) rather than a code block / docstring command line
+
+  @property
+  def text(self) -> str:
+    """Canonical form: the words joined by single spaces (the key of the coverage table)."""
+    return " ".join(_quoted(t) for t in self.tokens)
+
+  def where(self) -> str:
+    return f"{self.source}: `{self.text}`"
+
+
+def _quoted(word: str) -> str:
+  """A word as the documentation writes it: quoted when it holds spaces, quotes, braces or `name[extra]`."""
+  if not re.search(r"[\s'\"{}]|[^\s\[]\[", word):
+    return word
+  return f'"{word}"' if '"' not in word else f"'{word}'"
+
+
+def _shell_words(line: str, source: str) -> List[List[str]]:
+  """Shell words of one logical line, split at `&&` (comments dropped)."""
+  try:
+    words = shlex.split(line, comments=True)
+  except ValueError as e:
+    raise AssertionError(f"{source}: cannot split `{line}` into shell words: {e}") from None
+  commands, current = [], []
+  for w in words:
+    if w == "&&":
+      commands.append(current)
+      current = []
+    else:
+      current.append(w)
+  commands.append(current)
+  return [c for c in commands if c]
+
+
+def _logical_lines(lines: Sequence[Tuple[int, str]]) -> List[Tuple[int, str]]:
+  """Joins backslash-continued lines; keeps the number of the first line."""
+  out, buf, first = [], "", None
+  for number, line in lines:
+    if first is None:
+      first = number
+    if line.rstrip().endswith("\\"):  # (a non-raw docstring writes the continuation as two backslashes)
+      buf += line.rstrip().rstrip("\\") + " "
+      continue
+    out.append((first, buf + line))
+    buf, first = "", None
+  if buf:
+    out.append((first, buf))
+  return out
+
+
+def _starts_like_a_command(line: str) -> bool:
+  words = line.split()
+  return bool(words) and words[0] in PROGRAMS
+
+
+def markdown_commands(rel: str, text: Optional[str] = None) -> List[Command]:
+  """Commands in the fenced code blocks of a Markdown file, and inline `python ...` / `pip ...` code spans."""
+  text = (REPO / rel).read_text() if text is None else text
+  lines = text.splitlines()
+  commands, fence, lang, block, prose = [], None, "", [], []
+  for number, line in enumerate(lines, 1):
+    stripped = line.strip()
+    if stripped.startswith("```"):
+      if fence is None:
+        fence, lang, block = number, stripped[3:].strip().lower(), []
+      else:
+        for first, logical in _logical_lines(block):
+          body = logical.strip()
+          if not body or body.startswith("#"):
+            continue
+          if not _starts_like_a_command(body):
+            if lang in ("bash", "sh", "shell", "console"):
+              raise AssertionError(f"{rel}:{first}: `{body}` in a {lang} block does not start with a known "
+                                   f"program {PROGRAMS}; teach tests/test_readme_commands.py to check it")
+            continue  # e.g. the Python snippet of data/README.md
+          for words in _shell_words(body, f"{rel}:{first}"):
+            commands.append(Command(f"{rel}:{first}", tuple(words)))
+        fence = None
+      continue
+    if fence is not None:
+      block.append((number, line))
+    else:
+      prose.append((number, line))
+  commands += _inline_commands(rel, prose, MARKDOWN_SPAN)
+  return commands
+
+
+MARKDOWN_SPAN = r"(?<!`)`([^`]+)`(?!`)"
+DOCSTRING_SPAN = r"``(.+?)``"
+
+
+def _code_spans(prose: Sequence[Tuple[int, str]], pattern: str) -> List[Tuple[int, str]]:
+  """(line number, text with whitespace collapsed) of the inline code spans (which may wrap over lines)."""
+  joined = "\n".join(line for _, line in prose)
+  starts = [0]
+  for _, line in prose:
+    starts.append(starts[-1] + len(line) + 1)
+  return [(prose[max(i for i, s in enumerate(starts[:-1]) if s <= m.start())][0], " ".join(m.group(1).split()))
+          for m in re.finditer(pattern, joined, re.S)]
+
+
+def _inline_commands(rel: str, prose: Sequence[Tuple[int, str]], pattern: str) -> List[Command]:
+  """Inline code spans that are `python ...` or `pip ...` commands."""
+  out = []
+  for number, span in _code_spans(prose, pattern):
+    if re.match(r"(python3?|pip) ", span) and "..." not in span:
+      out += [Command(f"{rel}:{number}", tuple(words), inline=True) for words in _shell_words(span, rel)]
+  return out
+
+
+def _docstring_lines(rel: str, source: Optional[str] = None) -> List[Tuple[int, str]]:
+  source = (REPO / rel).read_text() if source is None else source
+  tree = ast.parse(source)
+  node = tree.body[0] if tree.body else None
+  if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+    return []
+  lines = source.splitlines()
+  return [(n, lines[n - 1]) for n in range(node.lineno, node.end_lineno + 1)]
+
+
+def docstring_commands(rel: str, source: Optional[str] = None) -> List[Command]:
+  """Indented `python ...` command lines of a module docstring, and inline ``python ...`` spans."""
+  commands = []
+  doc = _docstring_lines(rel, source)
+  for first, logical in _logical_lines(doc):
+    if re.match(r"\s{2,}(python3?|pip) ", logical):
+      for words in _shell_words(logical.strip(), f"{rel}:{first}"):
+        commands.append(Command(f"{rel}:{first}", tuple(words)))
+  commands += _inline_commands(rel, doc, DOCSTRING_SPAN)
+  return commands
+
+
+@functools.lru_cache(maxsize=None)
+def all_commands() -> Tuple[Command, ...]:
+  out = []
+  for rel in MARKDOWN_DOCS:
+    out += markdown_commands(rel)
+  for rel in DOCSTRING_DOCS:
+    out += docstring_commands(rel)
+  return tuple(out)
+
+
+def variants(tokens: Sequence[str]) -> List[List[str]]:
+  """The command lines a documented command stands for: `[optional]` parts left out, then all put in (once per
+  `a|b` alternative)."""
+  parts, group = [], None  # parts: (optional?, token)
+  for t in tokens:
+    opens = t.startswith("[") and group is None
+    if opens:
+      group, t = [], t[1:]
+    closes = group is not None and t.endswith("]") and not re.search(r"\[[^\]]*\]$", t)
+    if closes:
+      t = t[:-1]
+    if group is not None:
+      parts.append((True, t))
+      if closes:
+        group = None
+    else:
+      parts.append((False, t))
+  n_alternatives = max([len(t.split("|")) for _, t in parts] + [1])
+  out = [[t for optional, t in parts if not optional]]
+  for k in range(n_alternatives):
+    out.append([(t.split("|")[k] if k < len(t.split("|")) else t.split("|")[0]) for _, t in parts])
+  unique = []
+  for v in out:
+    if v not in unique:
+      unique.append(v)
+  return unique
+
+
+# ################################################################################################################
+#                                          Checking one command line
+# ################################################################################################################
+
+
+class _ParseError(Exception):
+  pass
+
+
+def _raising(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """The parser with `error` raising instead of printing usage and exiting."""
+  def error(message):
+    raise _ParseError(message)
+  parser.error = error
+  return parser
+
+
+def _parser_from_help(help_text: str) -> argparse.ArgumentParser:
+  """An argparse parser with the options listed in a `--help` text (names, takes-a-value, choices)."""
+  p = argparse.ArgumentParser(add_help=False)
+  body = help_text.split("\noptions:", 1)[-1].split("\noptional arguments:", 1)[-1]
+  for line in body.splitlines():
+    m = re.match(r"^  (-\S.*?)(?:\s{2,}|$)", line)
+    if not m:
+      continue
+    names, metavar = [], None
+    for variant in m.group(1).split(", "):
+      name, _, meta = variant.partition(" ")
+      names.append(name)
+      metavar = meta or metavar
+    if "-h" in names:
+      continue
+    if metavar is None:
+      p.add_argument(*names, action="store_true")
+    elif metavar.startswith("{"):
+      p.add_argument(*names, choices=metavar.strip("{}").split(","))
+    else:
+      p.add_argument(*names)
+  return p
+
+
+@functools.lru_cache(maxsize=None)
+def _bench_help() -> str:
+  """`python -m sparse_restore.bench --help`: bench.py builds its parser inside main() (no build_parser())."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  r = subprocess.run([sys.executable, "-m", "sparse_restore.bench", "--help"], capture_output=True, text=True,
+                     env=env, cwd=REPO, timeout=300)
+  assert r.returncode == 0, r.stderr
+  return r.stdout
+
+
+def cli_parser(name: str) -> argparse.ArgumentParser:
+  """The argparse parser of `python -m sparse_restore.<name>`: its build_parser() if it has one, else one made
+  from its --help text."""
+  module = importlib.import_module("sparse_restore.convert.__main__" if name == "convert" else f"sparse_restore.{name}")
+  if hasattr(module, "build_parser"):
+    return _raising(module.build_parser())
+  assert name == "bench", f"sparse_restore.{name} has no build_parser()"
+  return _raising(_parser_from_help(_bench_help()))
+
+
+def _repo_path(value: str) -> pathlib.Path:
+  return REPO / value.split(":", 1)[0]
+
+
+def check_main(args: Sequence[str]) -> Optional[str]:
+  """Parses `python -m sparse_restore.main ARGS` with main.py's absl flags on a fresh FlagValues (main.FLAGS is
+  left alone): unknown flags, bad enum values, a missing config file, a --config.<field> the config lacks or a
+  value of the wrong type are reported."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sparse_restore import main
+  args = list(args)
+  for i, a in enumerate(args):  # the config path is relative to the repository root, where the commands run
+    if a == "--config" and i + 1 < len(args) and not os.path.isabs(args[i + 1]):
+      if not _repo_path(args[i + 1]).is_file():
+        return f"--config {args[i + 1]}: no such file in the repository"
+      args[i + 1] = str(REPO / args[i + 1])
+    elif a.startswith("--config=") and not os.path.isabs(a[9:]):
+      args[i] = "--config=" + str(REPO / a[9:])
+  argv = ["sparse_restore.main", *args]
+  fv = flags.FlagValues()
+  for flag in main.FLAGS.get_flags_for_module(main.__name__):
+    if flag.name != "config":
+      fv[flag.name] = copy.deepcopy(flag)  # keeps mark_flags_as_required's validators
+  config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
+                                  lock_config=main.FLAGS["config"].parser._lock_config, sys_argv=argv)
+  try:
+    rest = fv(argv)
+    fv.config.to_dict()  # a config file that failed to load raises here
+  except Exception as e:  # noqa: BLE001  (absl flags.Error, config errors: AttributeError, KeyError, TypeError, ...)
+    message = str(e)
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":  # a KeyError's repr
+      message = message[1:-1].replace("\\n", " ").replace("\\'", "'")
+    return f"{type(e).__name__}: {' '.join(message.split())}"
+  if rest[1:]:
+    return f"unexpected arguments {rest[1:]}"
+  return None
+
+
+def check_argparse_cli(name: str, args: Sequence[str]) -> Optional[str]:
+  try:
+    cli_parser(name).parse_args(list(args))
+  except _ParseError as e:
+    return str(e)
+  return None
+
+
+_TFDS_PARSE = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("tfds_build", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+class App:
+  @staticmethod
+  def run(main, flags_parser):
+    flags_parser(["tfds_build.py", *sys.argv[2:]])
+module.app = App
+module.main()
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _tfds_build_run(args: Tuple[str, ...]) -> subprocess.CompletedProcess:
+  """Parses ARGS with the flags parser data/tfds_build.py hands to absl's app.run (nothing is built). In a
+  subprocess: TFDS's parser also takes in every absl flag of the process, and main.py's --config, defined in this
+  one, would clash with TFDS's own -c/--config."""
+  return subprocess.run([sys.executable, "-c", _TFDS_PARSE, str(REPO / "data" / "tfds_build.py"), *args],
+                        capture_output=True, text=True, cwd=REPO, timeout=300,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def _tfds_build_parse(args: Tuple[str, ...]) -> Optional[str]:
+  r = _tfds_build_run(args)
+  if r.returncode != 0:
+    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln] or r.stderr.splitlines()[-3:]
+    return "the TFDS build parser refused the arguments: " + " ".join(" ".join(lines).split())
+  return None
+
+
+def check_tfds_build(args: Sequence[str]) -> Optional[str]:
+  positional = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or not args[i - 1].startswith("-"))]
+  for p in positional:
+    name = pathlib.PurePosixPath(p).name
+    if not (REPO / p / f"{name}_dataset_builder.py").is_file():
+      return f"dataset folder {p}: {p}/{name}_dataset_builder.py does not exist in the repository"
+  return _tfds_build_parse(tuple(args))
+
+
+def check_python_c(code: str) -> Optional[str]:
+  """`python -c CODE`: valid Python; `datasets.get_builder(name, ...)` calls name a registered dataset and use
+  accepted keywords."""
+  import inspect
+  from sparse_restore import datasets
+  try:
+    tree = ast.parse(code)
+  except SyntaxError as e:
+    return f"the Python code does not parse: {e}"
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_builder":
+      if node.args and isinstance(node.args[0], ast.Constant):
+        try:
+          datasets.get_builder(node.args[0].value)
+        except Exception as e:  # noqa: BLE001
+          return f"get_builder({node.args[0].value!r}): {e}"
+      accepted = inspect.signature(datasets.get_builder).parameters
+      unknown = [k.arg for k in node.keywords if k.arg not in accepted]
+      if unknown:
+        return f"get_builder does not accept {unknown}"
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _pyproject() -> dict:
+  try:
+    import tomllib
+  except ImportError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
+  return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def _pyproject_extras() -> List[str]:
+  return list(_pyproject()["project"].get("optional-dependencies", {}))
+
+
+def _pytest_markers() -> List[str]:
+  return [m.split(":")[0].strip() for m in _pyproject()["tool"]["pytest"]["ini_options"].get("markers", [])]
+
+
+def check_tokens(tokens: Sequence[str], context: Sequence[Command] = ()) -> Optional[str]:
+  """None if the command line is valid, else what is wrong. `context`: the other commands of the same file."""
+  prog, args = tokens[0], list(tokens[1:])
+  if prog == ".":
+    return None if args == [".venv/bin/activate"] else f"unexpected `. {' '.join(args)}`"
+  if prog == "pip":
+    if args[:1] != ["install"]:
+      return f"unexpected pip subcommand {args[:1]}"
+    for a in args[1:]:
+      m = re.fullmatch(r"\.\[([\w,-]+)\]", a)
+      if m:
+        missing = [e for e in m.group(1).split(",") if e not in _pyproject_extras()]
+        if missing:
+          return f"extras {missing} are not in pyproject.toml ({_pyproject_extras()})"
+    return None
+  if prog == "tensorboard":
+    if len(args) != 2 or args[0] != "--logdir":
+      return "expected `tensorboard --logdir DIR`"
+    workdirs = {c.tokens[c.tokens.index("--workdir") + 1] for c in context
+                if "sparse_restore.main" in c.tokens and "--workdir" in c.tokens[:-1]}
+    if args[1] not in workdirs:
+      return f"--logdir {args[1]} is not the --workdir of any training command here ({sorted(workdirs)})"
+    return None
+  if prog not in ("python", "python3"):
+    return f"unknown program {prog!r}"
+  if args[:2] == ["-m", "venv"]:
+    return None if len(args) == 3 else "expected `python -m venv DIR`"
+  if args[:2] == ["-m", "pytest"]:
+    rest = args[2:]
+    for i, a in enumerate(rest):
+      if a == "-m":
+        if i + 1 >= len(rest) or rest[i + 1].replace("not ", "") not in _pytest_markers():
+          return f"pytest -m: marker {rest[i + 1:i + 2]} is not declared in pyproject.toml"
+      elif not a.startswith("-") and (i == 0 or rest[i - 1] != "-m"):
+        if not (REPO / a.split("::")[0]).exists():
+          return f"pytest path {a} does not exist"
+    return None
+  if args[:1] == ["-c"]:
+    return check_python_c(args[1]) if len(args) == 2 else "expected `python -c CODE`"
+  if args[:1] == ["-m"] and len(args) > 1 and args[1].startswith("sparse_restore."):
+    name = args[1].split(".", 1)[1]
+    if name == "main":
+      return check_main(args[2:])
+    if name in ARGPARSE_CLIS:
+      return check_argparse_cli(name, args[2:])
+    return f"unknown module {args[1]}"
+  if args and args[0].endswith(".py"):
+    if not (REPO / args[0]).is_file():
+      return f"script {args[0]} does not exist in the repository"
+    if args[0] == "data/tfds_build.py":
+      return check_tfds_build(args[1:])
+    if args[0] == "colab/make_notebooks.py":
+      return None if set(args[1:]) <= {"--check"} else f"colab/make_notebooks.py takes only --check, got {args[1:]}"
+    return f"no check for script {args[0]}; add one"
+  return f"no check for `python {' '.join(args[:2])}`; add one"
+
+
+def check_command(cmd: Command, context: Sequence[Command] = ()) -> List[str]:
+  """Problems of every variant of a documented command, each naming the file, line and command."""
+  problems = []
+  for v in variants(cmd.tokens):
+    problem = check_tokens(v, context)
+    if problem:
+      shown = "" if list(v) == list(cmd.tokens) else f" (as `{' '.join(v)}`)"
+      problems.append(f"{cmd.where()}{shown}: {problem}")
+  return problems
+
+
+# ################################################################################################################
+#                                               Static tests
+# ################################################################################################################
+
+_COMMANDS = all_commands()
+
+
+def test_commands_are_found():
+  """The extraction sees every documentation file's commands (guards against the parser silently finding none)."""
+  by_file = {}
+  for c in _COMMANDS:
+    by_file.setdefault(c.source.split(":")[0], []).append(c)
+  for rel in MARKDOWN_DOCS + DOCSTRING_DOCS:
+    assert by_file.get(rel), f"no command found in {rel}"
+  for cli in ("main", "infer", "evaluate", "bench", "convert"):
+    assert any(f"sparse_restore.{cli}" in c.tokens for c in by_file["README.md"]), f"README.md: no {cli} command"
+  assert len(by_file["README.md"]) >= 20, [c.text for c in by_file["README.md"]]
+
+
+@pytest.mark.parametrize("cmd", _COMMANDS, ids=[f"{c.source}:{i}" for i, c in enumerate(_COMMANDS)])
+def test_command_is_valid(cmd):
+  context = [c for c in _COMMANDS if c.source.split(":")[0] == cmd.source.split(":")[0]]
+  problems = check_command(cmd, context)
+  assert not problems, "\n".join(problems)
+
+
+
+def coverage_table(doc: str) -> Dict[str, str]:
+  """{command text: where it runs} from the table of this module's docstring."""
+  lines = doc.split("Commands and where they run", 1)[1].splitlines()
+  entries, command, runner = {}, None, None
+  for line in lines:
+    if re.match(r"  \S", line) and not line.strip().startswith("->"):
+      if command is not None:
+        entries[command] = runner
+      command, runner = line.strip(), None
+    elif re.match(r"      \S", line) and runner is None and command is not None:
+      command += " " + line.strip()
+    elif line.strip().startswith("-> "):
+      runner = line.strip()[3:]
+    elif re.match(r"       \S", line) and runner is not None:
+      runner += " " + line.strip()
+  if command is not None:
+    entries[command] = runner
+  return entries
+
+
+def coverage_problems(doc: str) -> List[str]:
+  """What is wrong with the coverage table of ``doc`` (see test_every_command_has_a_runner)."""
+  table = coverage_table(doc)
+  texts = {c.text: c for c in _COMMANDS}
+  problems = [f"{c.where()}: missing from the table in tests/test_readme_commands.py's docstring (add it with "
+              "the test that runs it)" for t, c in texts.items() if t not in table]
+  problems += [f"table entry for a command the documentation no longer has: `{t}`" for t in table if t not in texts]
+  for command, runner in table.items():
+    refs = re.findall(r"(test_\w+\.py)::(test_\w+)( \(slow)?", runner or "")
+    if not refs and not (runner or "").startswith(("CI:", "not run")):
+      problems.append(f"`{command}` -> {runner}: name a test, CI: or not run")
+    for file, name, slow in refs:
+      path = REPO / "tests" / file
+      m = re.search(rf"^((?:@.*\n)*)def {name}\(", path.read_text() if path.is_file() else "", re.M)
+      if not m:
+        problems.append(f"`{command}` -> tests/{file}::{name} does not exist")
+      elif slow and "mark.slow" not in m.group(1):
+        problems.append(f"tests/{file}::{name} is called slow in the table but is not marked so")
+  return problems
+
+
+def test_every_command_has_a_runner():
+  """Each documented command is in the table of this module's docstring (and nothing else is); the tests the
+  table names exist, and those it calls slow are marked slow."""
+  problems = coverage_problems(__doc__)
+  assert not problems, "\n".join(problems)
+
+
+def test_coverage_table_mistakes_are_reported():
+  doc = __doc__.replace("test_cli_restormer_rain200h_with_reports", "test_cli_restormer_renamed", 1)
+  doc = doc.replace("  python -m pytest\n", "  python -m pytest --lf\n", 1)
+  doc = doc.replace("test_make_notebooks_check", "test_make_notebooks_check (slow)", 1)
+  problems = coverage_problems(doc)
+  assert len(problems) == 4, problems
+  assert "README.md:20: `python -m pytest`: missing from the table" in problems[0]
+  assert "no longer has: `python -m pytest --lf`" in problems[1]
+  assert "tests/test_evaluate.py::test_cli_restormer_renamed does not exist" in problems[2]
+  assert "test_make_notebooks_check is called slow" in problems[3]
+
+# A README with mistakes of each kind: every one must be reported with its file, line and command.
+BAD_README = '''# x
+
+```bash
+python -m sparse_restore.infer --checkpoint m --input a --output b --tiles 512
+python -m sparse_restore.evaluate --results r --targets t
+python -m sparse_restore.evaluate --results r --targets t --protocol matlab
+python -m sparse_restore.bench --model drsformer --mode fast
+python -m sparse_restore.bench --model drsformer --size 128 [--remmat]
+python -m sparse_restore.convert --input a.pth --output o --verfy
+python -m sparse_restore.main --config configs/tiny.py --workdir w \\
+    --config.batch_sise=8
+python -m sparse_restore.main --config configs/tiny.py --workdir w --config.batch_size=eight
+python -m sparse_restore.main --config configs/tiny.py --workdir w --config.model.numblocks="(1, 1, 1, 1)"
+python -m sparse_restore.main --config configs/nope.py --workdir w
+python -m sparse_restore.main --config configs/tiny.py --workdir w --moed evaluate
+python -m sparse_restore.main --config configs/tiny.py --workdir w --mode eval
+python -m sparse_restore.main --config configs/tiny.py
+python data/tfds_build.py data/rain300h --data_dir d
+python data/tfds_build.py data/rain200h --manual-dir m
+python data/build.py
+python -m pytest tests/test_nope.py
+python3 -m venv .venv && pip install -e ".[everything]"
+tensorboard --logdir runs/elsewhere
+python -c "from sparse_restore import datasets; datasets.get_builder('rain300h').build()"
+python -m sparse_restore.restore --input a
+make all
+```
+'''
+
+BAD_CASES = [  # (line in BAD_README, text the problem must contain)
+    (4, "unrecognized arguments: --tiles"), (5, "required: --protocol"), (6, "invalid choice: 'matlab'"),
+    (7, "invalid choice: 'fast'"), (8, "unrecognized arguments: --remmat"), (9, "unrecognized arguments: --verfy"),
+    (10, 'Did you mean "batch_size"'), (12, "flag --config.batch_size=eight"), (13, "numblocks"),
+    (14, "configs/nope.py: no such file"), (15, "Unknown command line flag 'moed'"), (16, "--mode=eval"),
+    (17, "--workdir must have a value"), (18, "data/rain300h/rain300h_dataset_builder.py does not exist"),
+    (19, "unrecognized arguments: --manual-dir"), (20, "script data/build.py does not exist"),
+    (21, "pytest path tests/test_nope.py does not exist"), (22, "extras ['everything']"),
+    (23, "--logdir runs/elsewhere is not the --workdir"), (24, "rain300h"), (25, "unknown module"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _bad_problems() -> Tuple[str, ...]:
+  cmds = markdown_commands("README.md", text=BAD_README.replace("make all\n", ""))
+  return tuple(p for c in cmds for p in check_command(c, cmds))
+
+
+@pytest.mark.parametrize("line,expected", BAD_CASES, ids=[str(n) for n, _ in BAD_CASES])
+def test_mistakes_are_reported_with_file_line_and_command(line, expected):
+  problems = [p for p in _bad_problems() if p.startswith(f"README.md:{line}: `")]
+  assert problems, f"nothing reported for line {line} of BAD_README; all problems:\n" + "\n".join(_bad_problems())
+  assert any(expected in p for p in problems), problems
+
+
+def test_every_bad_line_is_reported_and_good_commands_pass():
+  """The bad README's commands are all reported (and `python3 -m venv .venv`, valid, is not); an unknown program
+  in a bash block stops the extraction, naming it."""
+  reported = {int(p.split(":")[1]) for p in _bad_problems()}
+  assert reported == {n for n, _ in BAD_CASES}
+  with pytest.raises(AssertionError, match=r"README.md:26: `make all` in a bash block"):
+    markdown_commands("README.md", text=BAD_README)
+
+
+def test_extraction_of_continuations_comments_and_optional_parts():
+  text = ('Run `python -m sparse_restore.infer --checkpoint m\n--input a --output b --tile 64` in prose.\n\n```\n'
+          '# a comment line\npython -m sparse_restore.bench --model ast \\\n'
+          '    --size 32 [--remat] [--dtype a|b]  # why\n'
+          'import numpy  # a Python line of an untagged block: not a command\n```\n')
+  cmds = markdown_commands("X.md", text=text)
+  assert [(c.source, c.text, c.inline) for c in cmds] == [
+      ("X.md:6", "python -m sparse_restore.bench --model ast --size 32 [--remat] [--dtype a|b]", False),
+      ("X.md:1", "python -m sparse_restore.infer --checkpoint m --input a --output b --tile 64", True)]
+  assert variants(cmds[0].tokens) == [
+      ["python", "-m", "sparse_restore.bench", "--model", "ast", "--size", "32"],
+      ["python", "-m", "sparse_restore.bench", "--model", "ast", "--size", "32", "--remat", "--dtype", "a"],
+      ["python", "-m", "sparse_restore.bench", "--model", "ast", "--size", "32", "--remat", "--dtype", "b"]]
+  source = ('"""Doc.\n\n    python -m sparse_restore.evaluate --results r \\\\\n        --targets t --protocol rcdnet\n'
+            'Also ``python colab/make_notebooks.py --check``.\n"""\nx = 1\n')
+  cmds = docstring_commands("m.py", source)
+  assert [(c.source, c.text) for c in cmds] == [
+      ("m.py:3", "python -m sparse_restore.evaluate --results r --targets t --protocol rcdnet"),
+      ("m.py:5", "python colab/make_notebooks.py --check")]
+
+
+# ----------------------------------------------------------------------------------------- flags and files in prose
+
+
+@functools.lru_cache(maxsize=None)
+def _known_flags() -> frozenset:
+  """Every --flag some documented program accepts: the argparse CLIs, main.py's absl flags, TFDS build."""
+  from sparse_restore import main
+  names = set()
+  for cli in ARGPARSE_CLIS:
+    for action in cli_parser(cli)._actions:
+      names.update(o for o in action.option_strings if o.startswith("--"))
+  names.update(f"--{f.name}" for f in main.FLAGS.get_flags_for_module(main.__name__))
+  names.add("--helpfull")
+  tfds_help = _tfds_build_run(("--help",))
+  assert tfds_help.returncode == 0, tfds_help.stderr
+  names.update(re.findall(r"--[\w-]+", tfds_help.stdout))
+  names.add("--check")  # colab/make_notebooks.py
+  return frozenset(names)
+
+
+def _config_field(config_file: str, path: str):
+  """The value of field ``path`` of configs/<file> (AttributeError/KeyError when it does not exist)."""
+  spec = importlib.util.spec_from_file_location("_readme_cfg", _repo_path(config_file))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  node = module.get_config()
+  for part in path.split("."):
+    node = node[part]
+  return node
+
+
+def _inline_spans(rel: str) -> List[Tuple[str, str]]:
+  """(file:line, text) of the inline code spans of a Markdown file's prose or of a module docstring."""
+  if rel.endswith(".md"):
+    prose, fence = [], False
+    for n, line in enumerate((REPO / rel).read_text().splitlines(), 1):
+      if line.strip().startswith("```"):
+        fence = not fence
+      elif not fence:
+        prose.append((n, line))
+    spans = _code_spans(prose, MARKDOWN_SPAN)
+  else:
+    spans = _code_spans(_docstring_lines(rel), DOCSTRING_SPAN)
+  return [(f"{rel}:{n}", re.sub(r"=\s+", "=", text)) for n, text in spans]  # `--a=\n  b` wrapped in a docstring
+
+
+def prose_flag_problems(rel: str, spans: Sequence[Tuple[str, str]]) -> List[str]:
+  """Problems of the `--flag`s in inline code spans of file ``rel`` (see test_flags_named_in_prose_exist)."""
+  problems = []
+  own = rel if rel.startswith("configs/") else "configs/default.py"
+  for where, span in spans:
+    words = span.split()
+    for i, w in enumerate(words):
+      if not w.startswith("--") or "<" in w or re.match(r"(python3?|pip) ", span):
+        continue
+      problem = None
+      if w == "--config" and i + 1 < len(words):
+        path = words[i + 1].split(":")[0]
+        if not _repo_path(path).is_file():
+          problem = f"{path} does not exist"
+        elif ":" in words[i + 1] and "<" not in words[i + 1]:
+          problem = check_main(["--config", words[i + 1], "--workdir", "w"])
+      elif w.startswith("--config."):
+        field = w[len("--config."):].split("=")[0]
+        if len(field) == 1:
+          continue  # `--config.x`: a placeholder
+        if "=" in w:
+          problem = check_main(["--config", own, "--workdir", "w", w])
+        else:
+          try:
+            _config_field(own, field)
+          except (AttributeError, KeyError) as e:
+            problem = f"{own} has no field {field} ({' '.join(str(e).split())})"
+      elif w.split("=")[0] not in _known_flags():
+        problem = f"no documented program accepts {w.split('=')[0]}"
+      if problem:
+        problems.append(f"{where}: `{span}`: {problem}")
+  return problems
+
+
+def test_flags_named_in_prose_exist():
+  """`--flag`s in inline code exist in some documented program; `--config.a.b[=v]` names a field of the config
+  the text is about (that file's own config in configs/*.py docstrings, else default.py) and `v` parses."""
+  problems = [p for rel in MARKDOWN_DOCS + DOCSTRING_DOCS for p in prose_flag_problems(rel, _inline_spans(rel))]
+  assert not problems, "\n".join(problems)
+
+
+def test_wrong_flags_in_prose_are_reported():
+  spans = [("configs/ast_spa.py:9", "--config.eval.tiles=0"), ("configs/ast_spa.py:10", "--config.data.manual_dri"),
+           ("configs/ast_spa.py:11", "--config.eval.tile=big"), ("README.md:3", "--ensembel"),
+           ("README.md:4", "--config configs/ast_spa.py:many"), ("README.md:5", "--config.x")]
+  problems = prose_flag_problems("configs/ast_spa.py", spans)
+  assert [p.split(":")[1] for p in problems] == ["9", "10", "11", "3", "4"], problems
+  assert "tiles" in problems[0] and "manual_dri" in problems[1] and "--config.eval.tile=big" in problems[2]
+  assert "--ensembel" in problems[3]
+
+
+def file_problems(rel: str, text: str) -> List[str]:
+  """Relative Markdown links and repository paths (configs/, colab/, data/, tests/, sparse_restore/ files) of
+  ``text`` (file ``rel``) that do not exist; for README.md also the config names of its `Configs:` paragraph
+  (`drsformer_{a,b}.py` expanded), for data/README.md the dataset folders of its table."""
+  problems = []
+  for n, line in enumerate(text.splitlines(), 1):
+    where = f"{rel}:{n}"
+    links = re.findall(r"\]\(([^)\s]+)\)", line)
+    for target in links:
+      if not re.match(r"[a-z]+://", target) and not (REPO / rel).parent.joinpath(target.split("#")[0]).exists():
+        problems.append(f"{where}: link target {target} does not exist")
+    repo_paths = r"(?<![\w/.<])((?:configs|colab|data|tests|sparse_restore)/[\w./-]*\.(?:py|ipynb|md))"
+    for path in re.findall(repo_paths, line):
+      if not (REPO / path).exists() and path not in links:
+        problems.append(f"{where}: {path} does not exist")
+  if rel == "README.md":
+    configs_par = text[text.index("Configs:"):].split("\n\n")[0]
+    names = []
+    for m in re.finditer(r"`([^`]+\.py)`", configs_par):
+      for part in re.findall(r"[\w{},]+\.py", m.group(1)):
+        b = re.match(r"(\w*)\{([\w,]+)\}(\w*\.py)", part)
+        names += [b.group(1) + x + b.group(3) for x in b.group(2).split(",")] if b else [part]
+    assert len(names) >= 10, names
+    problems += [f"README.md (Configs:): configs/{n} does not exist" for n in names
+                 if not (REPO / "configs" / n).is_file()]
+  if rel == "data/README.md":
+    for name in re.findall(r"^\| `(\w+)` \|", text, re.M):
+      if not (REPO / "data" / name / f"{name}_dataset_builder.py").is_file():
+        problems.append(f"data/README.md: dataset {name}: data/{name}/{name}_dataset_builder.py does not exist")
+  return problems
+
+
+def test_files_named_in_the_documentation_exist():
+  problems = []
+  for rel in MARKDOWN_DOCS:
+    problems += file_problems(rel, (REPO / rel).read_text())
+  for rel in DOCSTRING_DOCS:
+    lines = dict(_docstring_lines(rel))
+    problems += file_problems(rel, "\n".join(lines.get(n, "") for n in range(1, max(lines, default=0) + 1)))
+  assert not problems, "\n".join(problems)
+
+
+def test_missing_files_are_reported():
+  readme = (REPO / "README.md").read_text()
+  broken = (readme.replace("(data/README.md)", "(data/READ_ME.md)")
+            .replace("`colab/train_tpu.ipynb`", "`colab/train.ipynb`")
+            .replace("`tiny.py`", "`tinier.py`").replace("ast_{spa,agan,", "ast_{spa,agn,"))
+  problems = file_problems("README.md", broken)
+  assert len(problems) == 4, problems
+  for bad in ("data/READ_ME.md", "colab/train.ipynb", "configs/tinier.py", "configs/ast_agn.py"):
+    assert any(bad in p for p in problems), (bad, problems)
+  assert any(p.startswith("README.md:") and "data/READ_ME.md" in p for p in problems)
+  data_readme = (REPO / "data" / "README.md").read_text().replace("| `did` |", "| `didd` |")
+  assert file_problems("data/README.md", data_readme) == [
+      "data/README.md: dataset didd: data/didd/didd_dataset_builder.py does not exist"]
+
+
+# ################################################################################################################
+#                        Running the documented commands (scaled down) that no other test runs
+# ################################################################################################################
+
+# The commands below are taken from the documentation (so a changed flag there changes what runs here); file
+# arguments are replaced by fixtures / temporary paths and flags appended at the end scale the job down.
+TINY_DRSFORMER = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "use_mefc": False}
+TINY_AST = {"embed_dim": 8, "depths": [1] * 9, "img_size": 32}
+
+
+def doc_command(text: str) -> List[str]:
+  """The words of the documented command whose canonical text is ``text`` (fails if the docs dropped it)."""
+  for c in _COMMANDS:
+    if c.text == text:
+      return list(c.tokens)
+  pytest.fail(f"no documented command reads `{text}` any more; update tests/test_readme_commands.py")
+
+
+def substitute(words: Sequence[str], mapping: Dict[str, str]) -> List[str]:
+  """Replaces whole words, and the value of `--flag=value` words, found in ``mapping``."""
+  out = []
+  for w in words:
+    flag, eq, value = w.partition("=")
+    out.append(f"{flag}={mapping[value]}" if eq and flag.startswith("--") and value in mapping
+               else mapping.get(w, w))
+  return out
+
+
+def cli_args(words: Sequence[str], module: str) -> List[str]:
+  """The arguments after `python -m <module>`."""
+  assert list(words[:3]) == ["python", "-m", module], words
+  return list(words[3:])
+
+
+@pytest.fixture(scope="module")
+def env(request):
+  """Environment of subprocesses: JAX's persistent compilation cache shared with test_main.py / test_train.py."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(request.config.cache.mkdir("jax_compilation_cache")),
+              TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+
+
+@pytest.fixture(scope="module")
+def converted_drsformer(fixtures_dir, tmp_path_factory):
+  """README: `python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output models/drsformer_rain200h`
+  on the tiny MEFC fixture (in-process)."""
+  from sparse_restore.convert import __main__ as convert_cli
+  out = tmp_path_factory.mktemp("models") / "drsformer_rain200h"
+  words = doc_command("python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output "
+                      "models/drsformer_rain200h")
+  args = substitute(cli_args(words, "sparse_restore.convert"), {
+      "DRSformer_Rain200H.pth": str(fixtures_dir / "drsformer_tiny_mefc.pth"), "models/drsformer_rain200h": str(out)})
+  assert convert_cli.main(args + ["--quiet"]) == 0
+  return out
+
+
+def test_convert_ast_with_verify(fixtures_dir, tmp_path, capsys):
+  """README: `convert --arch ast ... --verify` checks every layer (against torch when installed), runs the
+  model and re-reads the export."""
+  from sparse_restore import checkpoint
+  from sparse_restore.convert import __main__ as convert_cli
+  words = doc_command("python -m sparse_restore.convert --arch ast --input AST_SPAD.pth --output models/ast_spad "
+                      "--verify")
+  out = tmp_path / "models" / "ast_spad"
+  args = substitute(cli_args(words, "sparse_restore.convert"),
+                    {"AST_SPAD.pth": str(fixtures_dir / "ast_tiny.pth"), "models/ast_spad": str(out)})
+  assert convert_cli.main(args) == 0, capsys.readouterr().err
+  text = capsys.readouterr().out
+  assert "FAILED" not in text and "verify: smoke: 1 checked, 1 passed: ok" in text, text
+  assert "export re-read" in text
+  if importlib.util.find_spec("torch") is not None:
+    assert re.search(r"verify: conv: \d+ checked", text), text
+  _, params, info = checkpoint.load_model(str(out))
+  assert info["arch"] == "ast" and info["config"]["embed_dim"] == 8 and params
+
+
+def test_evaluate_rcdnet_with_csv(data_dir, tmp_path, monkeypatch, capsys):
+  """README: `evaluate --protocol rcdnet --csv scores.csv`, and the README's number for Rain200H/1.png under
+  that protocol (39.331564 dB / 0.971420)."""
+  from sparse_restore import evaluate
+  samples = data_dir / "derain_results_sample" / "Rain200H"
+  words = doc_command("python -m sparse_restore.evaluate --results out/ --targets DID/test/target --protocol rcdnet "
+                      "--csv scores.csv")
+  args = substitute(cli_args(words, "sparse_restore.evaluate"),
+                    {"out/": str(samples / "result"), "DID/test/target": str(samples / "target")})
+  monkeypatch.chdir(tmp_path)  # `scores.csv` is written where the command runs
+  assert evaluate.main(args) == 0
+  rows = (tmp_path / "scores.csv").read_text().splitlines()
+  assert rows[0].split(",")[0] == "name" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "mean"]
+  header = rows[0].split(",")
+  first = dict(zip(header, rows[1].split(",")))
+  readme = " ".join((REPO / "README.md").read_text().split())
+  m = re.search(r"Rain200H/1\.png gives [\d.]+ dB / [\d.]+ \(restormer\) and ([\d.]+) dB / ([\d.]+) \(rcdnet\)", readme)
+  assert m, "README.md no longer states the rcdnet score of Rain200H/1.png"
+  assert (first["psnr"], first["ssim"]) == m.groups()
+  assert "protocol rcdnet" in capsys.readouterr().out
+
+
+def test_bench_ast_forward(capsys):
+  """README: `bench --model ast --size 128,256,512 --mode forward`, on a tiny AST at 32 px."""
+  from sparse_restore import bench
+  words = doc_command("python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward")
+  args = cli_args(words, "sparse_restore.bench") + ["--size", "32", "--model-kwargs", json.dumps(TINY_AST),
+                                                     "--runs", "1"]
+  assert bench.main(args) == 0
+  lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+  assert len(lines) == 1
+  rec = json.loads(lines[0])
+  assert (rec["model"], rec["arch"], rec["mode"], rec["height"], rec["batch"]) == ("ast", "ast", "forward", 32, 1)
+  assert rec["model_kwargs"] == TINY_AST and rec["median_s"] > 0 and rec["params"] < 2_000_000
+
+
+def test_build_with_python_c(data_dir, tmp_path):
+  """data/README.md: the `python -c "...get_builder(...).build()"` command, run by a shell-like subprocess with
+  $HOME in the temporary folder: `~/tensorflow_datasets` is expanded (no folder named `~` appears)."""
+  from sparse_restore import datasets
+  words = [w for w in _COMMANDS if w.tokens[:2] == ("python", "-c")]
+  assert len(words) == 1, [c.text for c in words]
+  code = words[0].tokens[2].replace("/path/to/Rain200H", str(data_dir / "rain200h_sample"))
+  work = tmp_path / "cwd"
+  work.mkdir()
+  r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, HOME=str(tmp_path)))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.listdir(work) == []
+  built = datasets.get_builder("rain200h", data_dir=str(tmp_path / "tensorflow_datasets"))
+  assert built.is_prepared()
+  assert len(built.as_data_source("train")) == 3 and len(built.as_data_source("test")) == 3
+
+
+def test_tfds_build_synthetic_rain(tmp_path):
+  """data/README.md: `python data/tfds_build.py data/synthetic_rain --data_dir ~/tensorflow_datasets` (the TFDS
+  CLI's build command), from the repository root, `~` expanded as the shell would with $HOME = tmp_path."""
+  from sparse_restore import datasets
+  words = doc_command("python data/tfds_build.py data/synthetic_rain --data_dir ~/tensorflow_datasets")
+  args = [str(tmp_path) + w[1:] if w.startswith("~/") else w for w in words[1:]]
+  r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                     env=dict(os.environ, HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  built = datasets.get_builder("synthetic_rain", data_dir=str(tmp_path / "tensorflow_datasets"))
+  assert built.is_prepared()
+  B = datasets.SyntheticRain
+  assert (len(built.as_data_source("train")), len(built.as_data_source("test"))) == (B.TRAIN_EXAMPLES,
+                                                                                     B.TEST_EXAMPLES)
+
+
+def test_make_notebooks_check():
+  """colab/README.md: `python colab/make_notebooks.py --check` exits 0 on the committed notebooks."""
+  pytest.importorskip("nbformat")
+  words = doc_command("python colab/make_notebooks.py --check")
+  spec = importlib.util.spec_from_file_location("_readme_make_notebooks", REPO / words[1])
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main(words[2:]) == 0
+
+
+def test_infer_docstring_options(fixtures_dir, tmp_path, capsys):
+  """infer.py's usage line with every option put in (`--tile --tile-overlap --ensemble --batch --dtype bfloat16`),
+  scaled to a 40x56 photo and 32 px tiles, on a converted tiny DRSformer (no MEFC: half the compile time). That
+  the CLI computes what the library does is test_infer.py's job; here: the options are taken and it restores."""
+  import numpy as np
+  from PIL import Image
+  from sparse_restore import infer
+  from sparse_restore.convert import __main__ as convert_cli
+  words = [c for c in _COMMANDS if c.source.startswith("sparse_restore/infer.py") and "[--ensemble]" in c.tokens]
+  assert len(words) == 1
+  full = variants(words[0].tokens)[-1]  # every optional part put in, the last `a|b` alternative
+  assert full[full.index("--dtype") + 1] == "bfloat16"
+  model = tmp_path / "exports" / "drsformer"
+  assert convert_cli.main(["--input", str(fixtures_dir / "drsformer_tiny_nomefc.pth"), "--output", str(model),
+                           "--quiet"]) == 0
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photos / "rainy.jpg")
+  args = substitute(cli_args(full, "sparse_restore.infer"), {
+      "exports/drsformer_rain200h": str(model), "photos/": str(photos), "restored/": str(tmp_path / "restored")})
+  args += ["--tile", "32", "--tile-overlap", "8", "--quiet"]
+  assert infer.main(args) == 0
+  err = capsys.readouterr().err
+  assert "tiles 32 overlap 8 batch 4; 8x ensemble; bfloat16" in err, err
+  out = Image.open(tmp_path / "restored" / "rainy.png")
+  assert out.format == "PNG" and out.mode == "RGB" and out.size == (56, 40)
+  assert os.listdir(photos) == ["rainy.jpg"]
+
+
+def test_main_evaluates_a_converted_model(converted_drsformer, data_dir, env, tmp_path):
+  """README: `main --config configs/drsformer_rain200h.py --mode evaluate --checkpoint <converted>
+  --config.data.manual_dir=...` builds the dataset from the raw folders and scores the converted model on full
+  images (one image here); the saved PNG scores the same with `sparse_restore.evaluate`."""
+  from sparse_restore import evaluate
+  words = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                      "runs/eval_converted --mode evaluate --checkpoint models/drsformer_rain200h "
+                      "--config.data.manual_dir=/data/Rain200H")
+  workdir = tmp_path / "runs" / "eval_converted"
+  manual = data_dir / "rain200h_sample"
+  args = substitute(words, {"runs/eval_converted": str(workdir), "models/drsformer_rain200h": str(converted_drsformer),
+                            "/data/Rain200H": str(manual)}) + ["--config.data.max_eval_images=1"]
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "rain200h/test (1 images, restormer protocol, Y): restored PSNR" in r.stdout, r.stdout
+  out = workdir / "eval" / "pretrained"
+  doc = json.loads((out / "metrics.json").read_text())
+  assert doc["summary"]["count"] == 1 and doc["summary"]["source"] == str(converted_drsformer)
+  (image,) = doc["images"]
+  assert (workdir / "tfds" / "rain200h" / "1.0.0").is_dir()  # data_dir '' -> <workdir>/tfds
+  (record,) = evaluate.evaluate_pairs([{"name": image["name"], "result": str(out / "images" / f"{image['name']}.png"),
+                                        "target": str(manual / "test" / "target" / f"{image['name']}.png")}],
+                                      "restormer", "y")
+  assert record["psnr"] == pytest.approx(image["psnr"], abs=1e-6)
+
+
+# Flags appended to the README's training commands: a tiny DRSformer, 32 px patches, 2 steps, one eval image.
+SCALE_DOWN_TRAINING = ["--config.model.dim=8", "--config.model.num_blocks=(1, 1, 1, 1)",
+                       "--config.model.use_mefc=False", "--config.model.ffn_type=dfn", "--config.data.patch_size=32",
+                       "--config.data.num_workers=0", "--config.num_train_steps=2", "--config.constant_steps=1",
+                       "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+                       "--config.eval_every_steps=0", "--config.data.max_eval_images=1"]
+
+
+@pytest.mark.slow  # Compiles a DRSformer train step (bfloat16, rematerialised): ~1 min of CPU time, cached after.
+def test_training_commands_scaled_down(data_dir, env, tmp_path, capsys):
+  """README Training, in order, on the Rain200H sample folders (3 train / 3 test pairs):
+  1. `main --config configs/drsformer_rain200h.py --workdir runs/rain200h --config.data.manual_dir=...` with the
+     next command's overrides (`--config.batch_size=8 --config.compute_dtype=bfloat16 --config.remat=True`),
+     scaled down (SCALE_DOWN_TRAINING): trains 2 steps from the raw folders;
+  2. `tensorboard --logdir runs/rain200h`: the event files there hold the train/loss scalars it would plot;
+  3. `main ... --workdir runs/rain200h --mode evaluate`: scores the newest checkpoint;
+  4. `infer --checkpoint /tmp/sparse_restore_demo --input photos/ --output out/ --ensemble`: restores with the
+     training workdir as the model."""
+  import numpy as np
+  from PIL import Image
+  from sparse_restore import infer
+  manual = str(data_dir / "rain200h_sample")
+  workdir = tmp_path / "runs" / "rain200h"
+  paths = {"runs/rain200h": str(workdir), "/data/Rain200H": manual}
+  first = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/rain200h "
+                      "--config.data.manual_dir=/data/Rain200H")
+  overrides = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                          "runs/rain200h --config.batch_size=8 --config.compute_dtype=bfloat16 --config.remat=True")
+  args = substitute(first + [w for w in overrides if w not in first], paths) + SCALE_DOWN_TRAINING
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "finished training at step 2" in r.stdout, r.stdout
+  info = json.loads((workdir / "model.json").read_text())
+  assert info["config"]["dim"] == 8 and info["config"]["use_mefc"] is False
+
+  logdir = substitute(doc_command("tensorboard --logdir runs/rain200h"), paths)[2]
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "scalars": 0})
+  acc.Reload()
+  tags = acc.Tags()
+  assert "train/loss" in tags["scalars"] + tags["tensors"], tags
+  events = acc.Tensors("train/loss") if "train/loss" in tags["tensors"] else acc.Scalars("train/loss")
+  assert [e.step for e in events] == [1, 2]
+
+  evaluate_cmd = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                             "runs/rain200h --mode evaluate")
+  args = substitute(evaluate_cmd, paths) + [f"--config.data.manual_dir={manual}", "--config.data.max_eval_images=1",
+                                            *SCALE_DOWN_TRAINING[:4]]
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-4000:]
+  doc = json.loads((workdir / "eval" / "2" / "metrics.json").read_text())
+  assert doc["summary"]["count"] == 1 and doc["summary"]["step"] == 2
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photos / "a.png")
+  infer_cmd = doc_command("python -m sparse_restore.infer --checkpoint /tmp/sparse_restore_demo --input photos/ "
+                          "--output out/ --ensemble")
+  args = substitute(cli_args(infer_cmd, "sparse_restore.infer"), {
+      "/tmp/sparse_restore_demo": str(workdir), "photos/": str(photos), "out/": str(tmp_path / "out")})
+  assert infer.main(args + ["--quiet"]) == 0
+  err = capsys.readouterr().err
+  assert f"model drsformer from {workdir} step 2" in err and "8x ensemble" in err, err
+  assert Image.open(tmp_path / "out" / "a.png").size == (32, 32)
+
+
+@pytest.mark.slow  # Compiles two tiny DRSformer train steps: ~1.5 min of CPU time on a busy 2-core host.
+def test_bench_train_remat_bfloat16_and_max_batch(capsys):
+  """README Performance: `bench --mode train [--remat] [--dtype bfloat16]` and `--mode max-batch --memory-gb 20
+  [--remat]` with their options, on a tiny DRSformer at 16 px (max-batch with a budget below one sample: one
+  compilation, answer 0)."""
+  from sparse_restore import bench
+  train = [c for c in _COMMANDS if c.source.startswith("README.md") and "train" in c.tokens and "[--remat]" in c.tokens]
+  maxb = [c for c in _COMMANDS if c.source.startswith("README.md") and "max-batch" in c.tokens]
+  assert len(train) == 1 and len(maxb) == 1
+  tiny = ["--model-kwargs", json.dumps(TINY_DRSFORMER), "--size", "16"]
+  assert bench.main(cli_args(variants(train[0].tokens)[-1], "sparse_restore.bench") + tiny + ["--runs", "1"]) == 0
+  rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (rec["mode"], rec["remat"], rec["dtype"], rec["batch"]) == ("train", True, "bfloat16", 2)
+  assert rec["median_s"] > 0
+  assert bench.main(cli_args(variants(maxb[0].tokens)[-1], "sparse_restore.bench") + tiny
+                    + ["--memory-gb", "0.0001"]) == 0
+  captured = capsys.readouterr()
+  rec = json.loads(captured.out.strip().splitlines()[-1])
+  assert (rec["mode"], rec["remat"], rec["max_batch"], rec["memory_gb"]) == ("max-batch", True, 0, 0.0001)
+  assert re.search(r"\[max-batch\] batch 1: [\d.]+ GiB", captured.err), captured.err
+
+
+def test_demo_prints_psnr_at_the_end():
+  """README Quick start: "The demo prints the PSNR of the rainy held-out inputs and of the restored outputs at the
+  end". main.py prints them when the training loop evaluated, which it does after the last step only when
+  eval_every_steps > 0 (train.py)."""
+  assert "The demo prints the PSNR" in (REPO / "README.md").read_text()
+  config = _config_field("configs/demo.py", "eval_every_steps")
+  assert config > 0, f"configs/demo.py: eval_every_steps = {config}: no evaluation, no PSNR printed"

@@ -1,4 +1,4 @@
-r"""Demo: a small DRSformer learns to remove synthetic rain in a few minutes on a laptop-class CPU.
+r"""Demo: a small DRSformer learns to remove synthetic rain on a CPU (600 steps, ~14 min on 2 cores, +2.2 dB).
 
   python -m sparse_restore.main --config configs/demo.py --workdir /tmp/sparse_restore_demo
 

@@ -198,18 +198,10 @@ TRAIN = [
     be a multiple of the number of devices, so it is rounded up to one.
     """),
     ("code", '''
-    import importlib.util
+    from sparse_restore import config_files
 
-
-    def load_config(path):
-      """``get_config()`` of a configs/*.py file (what ``--config`` of sparse_restore.main loads)."""
-      spec = importlib.util.spec_from_file_location("notebook_config", path)
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      return module.get_config()
-
-
-    config = load_config(os.path.join(REPO_DIR, "configs", "demo.py"))
+    # get_config() of the file, as `--config` of sparse_restore.main loads it.
+    config = config_files.load_config(os.path.join(REPO_DIR, "configs", "demo.py"))
     config.data.num_workers = 0  # decode in threads of this process (no worker processes from a notebook)
     config.eval_every_steps = 200  # evaluate the test tiles during training too, for a PSNR curve
 

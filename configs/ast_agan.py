@@ -34,24 +34,15 @@ pairs from epoch 6 on), img_size fixed at 128 in every stage (the reference buil
 instead of the best on the test set), and the tiled evaluation described above. Evaluation runs every 1,000
 steps (the reference validates 4x per epoch, i.e. every ~7 steps, on centre crops).
 """
-import importlib.util
-import os
+from sparse_restore import config_files
 
 PUBLISHED_STAGES = ((128, 32, 300, 2e-4), (256, 16, 200, 1e-4), (384, 8, 150, 8e-5))
 TRAIN_PAIRS = 861       # AGAN-Data train/ pairs
 
 
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(train_pairs=None):
   """AGAN-Data, AST_B, three progressive stages (``train_pairs``: training-set size for epochs -> steps)."""
-  config = _sibling("ast_spa").ast_config("agan", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
+  config = config_files.sibling(__file__, "ast_spa").ast_config("agan", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
   config.eval.tile = 384                     # test_raindrop.py: 384x384 crops ...
   config.eval.tile_overlap = 128             # ... overlap 80 there; rounded up to the 128 grid here
   config.eval_every_steps = 1_000

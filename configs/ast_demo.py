@@ -13,21 +13,12 @@ stage, window 8, no stochastic depth. ``img_size=64`` makes the bottleneck windo
 bottleneck uses 8x8 at img_size 128), so inputs are padded to multiples of 64 only and 64 px patches cost what
 they should. Stages: 64x64 patches, global batch 16, lr 1e-3, then 128x128 patches, global batch 8, lr 5e-4.
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparse_restore import config_files
 
 
 def get_config():
   """Small AST on synthetic rain, two progressive stages."""
-  config = _sibling("ast_spa").ast_config("synthetic_rain", 1, ((64, 16, 1, 1e-3),))
+  config = config_files.sibling(__file__, "ast_spa").ast_config("synthetic_rain", 1, ((64, 16, 1, 1e-3),))
   config.model.img_size = 64
   config.model.embed_dim = 16
   config.model.depths = (1,) * 9

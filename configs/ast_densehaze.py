@@ -39,25 +39,16 @@ described above, and the crop rule: the reference draws a crop offset in [0, H -
 here every position is possible. Evaluation runs every 2,000 steps (the reference validates 4x per epoch on
 centre crops).
 """
-import importlib.util
-import os
+from sparse_restore import config_files
 
 PUBLISHED_STAGES = ((256, 4, 2000, 2e-4), (384, 4, 1200, 1.2e-4), (512, 4, 800, 8e-5), (768, 2, 300, 3e-5),
                     (896, 2, 80, 1e-5))
 TRAIN_PAIRS = 45        # ASSUMED size of train_dense (NTIRE 2019 Dense-Haze training set); see the docstring
 
 
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def get_config(train_pairs=None):
   """Dense-Haze, AST_B, five progressive stages (``train_pairs``: training-set size for epochs -> steps)."""
-  config = _sibling("ast_spa").ast_config("densehaze", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
+  config = config_files.sibling(__file__, "ast_spa").ast_config("densehaze", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
   config.data.num_workers = 2                # 45 large PNGs: few workers suffice (decoding 1600x1200 pairs)
   config.eval.tile = 1152                    # test_denseHaze.py: 1152x1152 crops, overlap 384
   config.eval.tile_overlap = 384

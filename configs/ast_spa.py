@@ -50,25 +50,17 @@ Differences from the reference:
     here every position is possible;
   * batches are global (split over all devices); keep batch_size as is on any device count.
 """
-import importlib.util
 import math
-import os
 
 import ml_collections
+
+from sparse_restore import config_files
 
 # (patch size, global batch, epochs, peak lr) per stage, as in script/train_derain.sh.
 PUBLISHED_STAGES = ((128, 32, 20, 2e-4), (256, 16, 15, 1e-4))
 TRAIN_PAIRS = 638_492   # SPA-Data training pairs (real_world.txt)
 WARMUP_EPOCHS = 3       # GradualWarmupScheduler(total_epoch=3) before CosineAnnealingLR in every stage
 END_LR = 1e-6           # CosineAnnealingLR eta_min
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def ast_b_model() -> ml_collections.ConfigDict:
@@ -110,7 +102,7 @@ def progressive_stages(train_pairs: int, table, warmup_epochs: int = WARMUP_EPOC
 
 def ast_config(dataset: str, train_pairs: int, table) -> ml_collections.ConfigDict:
   """configs/default.py turned into the AST reference recipe on ``dataset`` with the stages of ``table``."""
-  config = _sibling("default").get_config()
+  config = config_files.sibling(__file__, "default").get_config()
   config.model = ast_b_model()
   config.compute_dtype = "float32"           # the reference uses AMP (float16 autocast); 'bfloat16' is the analogue
   config.remat = False

@@ -10,21 +10,12 @@ multiples of 32 only and 32 px patches cost what they should. Stages: 32x32 patc
 at lr 2e-3, then 64x64 patches, global batch 4, 4 steps at lr 1e-3 (fresh optimizer and data stream); each
 stage warms up over its first step (lr 0) and decays to 1e-4. Evaluation is off (on: 2 test images).
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparse_restore import config_files
 
 
 def get_config():
   """Tiny AST test configuration (two stages)."""
-  config = _sibling("ast_spa").ast_config("synthetic_rain", 1, ((32, 8, 1, 1e-3),))
+  config = config_files.sibling(__file__, "ast_spa").ast_config("synthetic_rain", 1, ((32, 8, 1, 1e-3),))
   config.model.img_size = 32
   config.model.embed_dim = 8
   config.model.depths = (1,) * 9

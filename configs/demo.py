@@ -8,21 +8,12 @@ other photos). Trains a small DRSformer (TKSA + MSFN, no MEFC) with the referenc
 (L1, AdamW, clipping) but a short, high learning-rate schedule, then evaluates the held-out test tiles on the
 Y channel ('restormer' protocol) and prints the PSNR/SSIM of the rainy inputs and of the restored outputs.
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparse_restore import config_files
 
 
 def get_config():
   """Small DRSformer on synthetic rain, CPU-sized."""
-  config = _sibling("default").get_config()
+  config = config_files.sibling(__file__, "default").get_config()
   config.model.dim = 16
   config.model.num_blocks = (1, 1, 1, 1)
   config.model.heads = (1, 2, 4, 8)

@@ -21,21 +21,12 @@ The paper text instead says lr 1e-4 and batch 8; these configs keep the released
 that produced the published checkpoints). With fewer devices keep ``batch_size=16`` (it is global) or scale
 ``lr`` with the batch if memory forces a smaller one.
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparse_restore import config_files
 
 
 def get_config():
   """DDN-Data, DRSformer with MEFC."""
-  config = _sibling("default").get_config()
+  config = config_files.sibling(__file__, "default").get_config()
   config.data.name = "ddn"
   config.model.use_mefc = True
   return config

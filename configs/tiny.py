@@ -5,21 +5,12 @@ r"""A tiny DRSformer on the synthetic rain data, for tests (seconds per run on a
 dim 8, one block per level, no MEFC, the depthwise FFN ('dfn') instead of MSFN, 32x32 patches, global batch 8,
 6 steps; checkpoints every 2 steps; no evaluation unless ``eval_every_steps`` is set (then on 2 test images).
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_sparse_restore_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from sparse_restore import config_files
 
 
 def get_config():
   """Tiny test configuration."""
-  config = _sibling("default").get_config()
+  config = config_files.sibling(__file__, "default").get_config()
   config.model.dim = 8
   config.model.num_blocks = (1, 1, 1, 1)
   config.model.heads = (1, 2, 4, 8)

@@ -1,7 +1,6 @@
 """Tests of the AST training configs (configs/ast_*.py): they load through the real flag parser, are locked, build
 the AST they describe, encode the published progressive schedules, and a tiny one trains through the real loop
 across a stage switch (patch and batch size change) and leaves a checkpoint that loads as an AST."""
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from sparse_restore import config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -27,10 +28,7 @@ AST_B_PARAMS_M = 65.36  # shared/docs/ast.md §4.1: parameters of the PyTorch AS
 
 
 def _load(name, *args):
-  spec = importlib.util.spec_from_file_location(f"_test_{name}", CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return config_files.load_config(CONFIGS / f"{name}.py", *args)
 
 
 def _parse(argv):

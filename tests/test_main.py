@@ -3,7 +3,6 @@
 Each test starts real subprocesses (4 simulated CPU devices, inherited from tests/conftest.py's XLA_FLAGS).
 Compiled programs are shared with the other tests through JAX's persistent compilation cache in .pytest_cache.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,15 +11,13 @@ import sys
 
 import pytest
 
+from sparse_restore import config_files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"_test_main_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_files.load_config(REPO / "configs" / f"{name}.py")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ reads its own shard of the data (``input_pipeline.train_dataset(..., process_ind
 the shards form the global batch. The reference is one process with 4 devices fed exactly those global batches
 (both shards concatenated in process order). Final parameters must agree to float32 reduction-order noise.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -18,17 +17,13 @@ import jax
 import numpy as np
 import pytest
 
-from sparse_restore import checkpoint, input_pipeline, sharding, train
+from sparse_restore import checkpoint, config_files, input_pipeline, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str):
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"_test_mp_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_files.load_config(REPO / "configs" / f"{name}.py")
 
 
 def free_port() -> int:

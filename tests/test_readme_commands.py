@@ -185,6 +185,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+from sparse_restore import config_files
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # ml_collections loads config files with the deprecated importlib load_module().
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -830,10 +832,7 @@ def _known_flags() -> frozenset:
 
 def _config_field(config_file: str, path: str):
   """The value of field ``path`` of configs/<file> (AttributeError/KeyError when it does not exist)."""
-  spec = importlib.util.spec_from_file_location("_readme_cfg", _repo_path(config_file))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  node = module.get_config()
+  node = config_files.load_config(_repo_path(config_file))
   for part in path.split("."):
     node = node[part]
   return node

@@ -5,7 +5,6 @@ checkpoints, clu writers) on configs/tiny.py. XLA:CPU compiles the tiny DRSforme
 runs share compilations through JAX's persistent compilation cache (kept in pytest's cache folder) and one
 module-level reference run (4 devices, 6 steps) serves as the uninterrupted baseline for several tests.
 """
-import importlib.util
 import json
 import math
 import os
@@ -18,18 +17,14 @@ import numpy as np
 import optax
 import pytest
 
-from sparse_restore import checkpoint, input_pipeline, losses, schedules, sharding, train
+from sparse_restore import checkpoint, config_files, input_pipeline, losses, schedules, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
   """``configs/<name>.py``'s config (unlocked, as a test can change any field)."""
-  path = REPO / "configs" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"_test_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_files.load_config(REPO / "configs" / f"{name}.py")
 
 
 def enable_compilation_cache(request) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from jax import lax
 
 from sparse_restore.models.assa import LayerParams, dense_init, resolve_chunk_bytes
-from sparse_restore.models.layers import Conv2d, conv_reference, grouped_conv_shift, resolve_conv_impl
+from sparse_restore.models.layers import Conv2d, conv_reference, cpu_barrier, grouped_conv_shift, resolve_conv_impl
 
 Dtype = Any
 
@@ -112,7 +112,7 @@ class FRFN(nn.Module):
         pads = ((0, 0), (0, 0), (1, 1), (0, 0))
       # The barrier makes XLA materialise the padded activations once; fused into the 9 conv taps, the GELU
       # and padding would be recomputed per tap (measured 5-10x slower on CPU).
-      h1 = _depthwise(lax.optimization_barrier(jnp.pad(h1, pads)), wd, (0, 0), self.conv_impl)
+      h1 = _depthwise(cpu_barrier(jnp.pad(h1, pads)), wd, (0, 0), self.conv_impl)
       return jnp.dot(gelu(h1 + bd) * h2, w2) + b2
 
     b, height, width, c = x.shape
@@ -147,7 +147,7 @@ class LeFF(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name="linear1")(x))
-    x = lax.optimization_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))  # see FRFN
+    x = cpu_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))  # see FRFN
     x = gelu(Conv2d(self.hidden_dim, 3, padding=0, groups=self.hidden_dim, conv_impl=self.conv_impl,
                     dtype=self.dtype, name="dwconv")(x))
     return nn.Dense(self.dim, dtype=self.dtype, kernel_init=dense_init, name="linear2")(x)

@@ -39,6 +39,15 @@ def resolve_conv_impl(conv_impl: str) -> str:
   return conv_impl
 
 
+def cpu_barrier(x):
+  """``lax.optimization_barrier`` on XLA:CPU, the identity elsewhere.
+
+  On CPU the barrier makes XLA materialise ``x`` once instead of recomputing it inside every consumer's loop
+  (e.g. a padded activation read by nine conv taps); GPU/TPU keep XLA's own fusion decisions.
+  """
+  return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
+
+
 def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
   """Plain ``lax.conv_general_dilated`` (NHWC / HWIO): the ground truth the fast paths are tested against."""
   sh, sw = _pair(stride)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparse_restore.models.layers import Conv2d, conv_reference, grouped_conv_shift, resolve_conv_impl
+from sparse_restore.models.layers import Conv2d, conv_reference, cpu_barrier, grouped_conv_shift, resolve_conv_impl
 
 Dtype = Any
 OPERATIONS: Tuple[str, ...] = (
@@ -49,7 +49,7 @@ def avg_pool_3x3(x):
   of in-image pixels per window is a trace-time constant, the outer product of a row and a column count.
   """
   b, h, w, c = x.shape
-  xp = lax.optimization_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  xp = cpu_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
   total = None
   for i in range(3):
     for j in range(3):

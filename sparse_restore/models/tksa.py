@@ -10,7 +10,7 @@ The JAX formulation computes exactly what the reference computes, but differentl
   products), so the output lands in NHWC without explicit transposes of full-size tensors. (Measured on
   XLA:CPU: one ``[C, C]`` product per image with a block-diagonal weight matrix was no faster with 2 heads
   and 2-4x slower with 8.)
-* One ``lax.top_k`` with ``k = max(k_r)`` (inside ``optimization_barrier``, which keeps XLA:CPU on its fast
+* One ``lax.top_k`` with ``k = max(k_r)`` (inside ``layers.cpu_barrier``, which keeps XLA:CPU on its fast
   TopK path) gives all thresholds; ``mask_r = attn >= (k_r-th largest of the row)`` replaces the reference's
   scatter (identical except on exact ties). Masks carry no gradient, as in the reference.
 * The row maximum is in every mask, so one ``exp(attn - max)`` serves all masked softmaxes, and
@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from sparse_restore.models.layers import Conv2d
+from sparse_restore.models.layers import Conv2d, cpu_barrier
 
 Dtype = Any
 DEFAULT_TOPK_RATIOS: Tuple[float, ...] = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
@@ -108,7 +108,7 @@ class TKSA(nn.Module):
   def _sparse_weights(self, attn, counts):
     """``sum_r attn_r * softmax(attn restricted to the k_r largest entries of each row)``, float32."""
     fixed = lax.stop_gradient(attn)
-    top_values, _ = lax.optimization_barrier(lax.top_k(fixed, max(counts)))
+    top_values, _ = cpu_barrier(lax.top_k(fixed, max(counts)))
     e = jnp.exp(attn - top_values[..., :1])  # The row maximum is kept by every mask.
     combined = jnp.zeros_like(attn)
     for i, k in enumerate(counts):

@@ -251,14 +251,38 @@ def data_config_for(config: ml_collections.ConfigDict, workdir: str, patch_size:
   return data
 
 
+# A barrier may wait this long: dataset preparation and compiling a full-size train step take minutes on a CPU.
+BARRIER_TIMEOUT_S = 3600
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S):
+  """Barrier over all processes on the ``jax.distributed`` coordination service (each name used once).
+
+  Not ``multihost_utils.sync_global_devices``: that is a collective, and on CPU the first collective of a device
+  set (Gloo) gives up when the processes arrive more than 30 s apart.
+  """
+  from orbax.checkpoint import multihost
+  multihost.sync_global_processes(name, timeout=timeout_s)
+
+
+def compile_on_all_processes(step_fn, args, name: str):
+  """``step_fn`` compiled for ``args``, returned once every process has compiled it.
+
+  The first call of a multi-process step starts its collectives; on CPU (Gloo) they fail when one process
+  finishes compiling more than 30 s after another, which a loaded machine easily causes.
+  """
+  compiled = step_fn.lower(*args).compile()
+  wait_for_all_processes(name)
+  return compiled
+
+
 def prepare_data(data_config, workdir: str):
   """Builds the dataset if needed: process 0 first, the others after a barrier (the build is idempotent)."""
   from sparse_restore import input_pipeline
   if jax.process_index() == 0:
     input_pipeline.prepare(data_config, workdir=workdir)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("sparse_restore:data_prepared")
+    wait_for_all_processes("sparse_restore:data_prepared")
     if jax.process_index() > 0:
       input_pipeline.prepare(data_config, workdir=workdir)
 
@@ -494,6 +518,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             local = next(data_iter)
           _check_batch(local, local_bs, stage.patch_size)
           batch = sharding.global_batch({"input": local["input"], "target": local["target"]}, mesh)
+          if jax.process_count() > 1 and step == max(start, stage.start):
+            step_fn = compile_on_all_processes(step_fn, (state, batch, train_rng),
+                                               f"sparse_restore:train_step_compiled:{stage.index}:{step}")
           state, metrics = step_fn(state, batch, train_rng)
         drain()  # Metrics of the previous step: it has finished by now, so this costs no pipelining.
         done = step + 1

@@ -1,7 +1,7 @@
 r"""Benchmarks: forward (inference) and full train-step timings of the networks, on any backend.
 
     python -m sparse_restore.bench --model drsformer --size 256 --batch 1 --mode forward
-    python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward
+    python -m sparse_restore.bench --model ast --size 128,256,512,1024 --mode forward
     python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
     python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
     python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32

@@ -33,8 +33,8 @@ flags appended to scale them down (a tiny network, a few steps, small images):
   pip install -e ".[all]"
     -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
   python -m sparse_restore.main --config configs/demo.py --workdir /tmp/sparse_restore_demo
-    -> not run: the demo itself (600 steps, minutes on a CPU); configs/tiny.py through main.py:
-       test_main.py::test_train_mode
+    -> CI: .ci/run runs it after the tests (fresh workdir; fails unless it prints a gain of >= 1 dB);
+       configs/tiny.py through main.py: test_main.py::test_train_mode
   python -m pytest
     -> CI: .ci/run (fresh venv, the README install, then `python -m pytest`)
   python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output models/drsformer_rain200h
@@ -68,17 +68,17 @@ flags appended to scale them down (a tiny network, a few steps, small images):
   tensorboard --logdir runs/rain200h
     -> not run (a server): test_train.py::test_reference_run_writes_workdir checks the event files exist,
        test_readme_commands.py::test_training_commands_scaled_down (slow) reads train/loss back from them
-  python -m sparse_restore.bench --model drsformer --size 128,256 --mode forward
+  python -m sparse_restore.bench --model drsformer --size 128,256,512,1024 --mode forward
     -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (tiny network, 16,24 px)
   python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
     -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (without the options),
        test_readme_commands.py::test_bench_train_remat_bfloat16_and_max_batch (slow; with them)
-  python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward
+  python -m sparse_restore.bench --model ast --size 128,256,512,1024 --mode forward
     -> test_readme_commands.py::test_bench_ast_forward
   python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
     -> test_readme_commands.py::test_bench_train_remat_bfloat16_and_max_batch (slow)
   python -m pytest -m slow
-    -> not run by CI (it runs the default selection); by hand
+    -> CI: .ci/run runs it after the default selection
   pip install -e .
     -> not run: a subset of the `.[all]` install CI does
   pip install -U "jax[tpu]"
@@ -146,7 +146,8 @@ flags appended to scale them down (a tiny network, a few steps, small images):
     -> not run: needs the dataset and days of training; flags and config fields checked by test_command_is_valid;
        the same job scaled down on Rain200H: test_readme_commands.py::test_training_commands_scaled_down (slow)
   python -m sparse_restore.main --config configs/demo.py --workdir /tmp/demo
-    -> not run: the demo itself; configs/tiny.py through main.py: test_main.py::test_train_mode
+    -> CI: .ci/run runs the same command after the tests (README's command 1, another workdir);
+       configs/tiny.py through main.py: test_main.py::test_train_mode
   python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir /tmp/eval --mode evaluate
       --checkpoint /path/to/converted_model
     -> test_readme_commands.py::test_main_evaluates_a_converted_model
@@ -1059,9 +1060,9 @@ def test_evaluate_rcdnet_with_csv(data_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_bench_ast_forward(capsys):
-  """README: `bench --model ast --size 128,256,512 --mode forward`, on a tiny AST at 32 px."""
+  """README: `bench --model ast --size 128,256,512,1024 --mode forward`, on a tiny AST at 32 px."""
   from sparse_restore import bench
-  words = doc_command("python -m sparse_restore.bench --model ast --size 128,256,512 --mode forward")
+  words = doc_command("python -m sparse_restore.bench --model ast --size 128,256,512,1024 --mode forward")
   args = cli_args(words, "sparse_restore.bench") + ["--size", "32", "--model-kwargs", json.dumps(TINY_AST),
                                                      "--runs", "1"]
   assert bench.main(args) == 0

@@ -470,8 +470,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
   def run_eval(step, state):
     params = sharding.to_host(state.params)
-    if jax.process_index() != 0:
-      return None  # Process 0 evaluates on one of its devices; the others go on to the next step and wait there.
+    # Process 0 evaluates on one of its devices. The others wait for it at a coordination-service barrier, not
+    # inside the next step's collective (on CPU, Gloo fails when a peer is more than 30 s late).
+    result = evaluate_on_process_0(step, params) if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+      wait_for_all_processes(f"sparse_restore:evaluated:{step}")
+    return result
+
+  def evaluate_on_process_0(step, params):
     if eval_apply:
       eval_apply[0].params = jax.device_put(params, jax.local_devices()[0])
     else:

@@ -42,7 +42,8 @@ TRAIN_PAIRS = 861       # AGAN-Data train/ pairs
 
 def get_config(train_pairs=None):
   """AGAN-Data, AST_B, three progressive stages (``train_pairs``: training-set size for epochs -> steps)."""
-  config = config_files.sibling(__file__, "ast_spa").ast_config("agan", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
+  ast_spa = config_files.sibling(__file__, "ast_spa")
+  config = ast_spa.ast_config("agan", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
   config.eval.tile = 384                     # test_raindrop.py: 384x384 crops ...
   config.eval.tile_overlap = 128             # ... overlap 80 there; rounded up to the 128 grid here
   config.eval_every_steps = 1_000

@@ -48,7 +48,8 @@ TRAIN_PAIRS = 45        # ASSUMED size of train_dense (NTIRE 2019 Dense-Haze tra
 
 def get_config(train_pairs=None):
   """Dense-Haze, AST_B, five progressive stages (``train_pairs``: training-set size for epochs -> steps)."""
-  config = config_files.sibling(__file__, "ast_spa").ast_config("densehaze", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
+  ast_spa = config_files.sibling(__file__, "ast_spa")
+  config = ast_spa.ast_config("densehaze", int(train_pairs or TRAIN_PAIRS), PUBLISHED_STAGES)
   config.data.num_workers = 2                # 45 large PNGs: few workers suffice (decoding 1600x1200 pairs)
   config.eval.tile = 1152                    # test_denseHaze.py: 1152x1152 crops, overlap 384
   config.eval.tile_overlap = 384

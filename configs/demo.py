@@ -32,7 +32,7 @@ def get_config():
   config.constant_steps = 250
   config.end_lr = 1e-5
   config.log_every_steps = 50
-  config.eval_every_steps = 500  # evaluate (and print rainy vs restored PSNR) at the end; the last step always evaluates
+  config.eval_every_steps = 500  # evaluate (print rainy vs restored PSNR) at the end; the last step always evaluates
   config.checkpoint_every_steps = 200
   config.max_checkpoints_to_keep = 1
   config.eval.num_summary_images = 4

@@ -518,13 +518,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                                 stage_start=stage.start)
       local_bs = sharding.local_batch_size(stage.batch_size, mesh)
       end = stage.end if stop_at_step is None else min(stage.end, max(int(stop_at_step), start))
-      for step in range(max(start, stage.start), end):
+      first_step = max(start, stage.start)
+      for step in range(first_step, end):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
           with report.timed("data", wait_jax_async_dispatch=False):
             local = next(data_iter)
           _check_batch(local, local_bs, stage.patch_size)
           batch = sharding.global_batch({"input": local["input"], "target": local["target"]}, mesh)
-          if jax.process_count() > 1 and step == max(start, stage.start):
+          if jax.process_count() > 1 and step == first_step:
             step_fn = compile_on_all_processes(step_fn, (state, batch, train_rng),
                                                f"sparse_restore:train_step_compiled:{stage.index}:{step}")
           state, metrics = step_fn(state, batch, train_rng)

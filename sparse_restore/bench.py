@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_restore import models
+from sparse_restore import host_memory, models
 
 DEFAULT_CONFIGS = {
     # Full-size published networks (the reference timings in performance.md use these).
@@ -204,7 +204,7 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
       "dtype": dtype, "remat": remat, "conv_impl": conv_impl, "params": n_params,
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
-      "model_kwargs": model_kwargs or {},
+      "model_kwargs": model_kwargs or {}, "host_malloc": "reuse" if host_memory.is_applied() else "system",
       "compile_s": round(compile_s, 3), "compile_cpu_s": round(compile_cpu_s, 3),
       "first_call_s": round(first_call_s, 4), "runs": runs,
       "median_s": round(median, 5), "min_s": round(min(times), 5),
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s, for fraction_of_peak")
   p.add_argument("--memory-gb", type=float, default=20.0, help="max-batch: memory budget")
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
+  p.add_argument("--system-malloc", action="store_true",
+                 help="keep glibc's default allocator settings (default: reuse freed memory, see host_memory.py)")
   return p
 
 
@@ -336,7 +338,10 @@ def main(argv=None) -> int:
       p.error(f"--model-kwargs is not valid JSON ({e}): {args.model_kwargs!r}")
     if not isinstance(model_kwargs, dict):
       p.error(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
-  print(f"[bench] backend={jax.default_backend()} devices={jax.devices()}", file=sys.stderr, flush=True)
+  if not args.system_malloc:
+    host_memory.keep_freed_memory()  # before the first JAX call starts the CPU client's threads
+  print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
+        f"{'reuse' if host_memory.is_applied() else 'system'}", file=sys.stderr, flush=True)
   for size in sizes:
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,

@@ -14,7 +14,8 @@ Modes:
 
 Config fields are overridden with ``--config.<field>=<value>``; the config is locked, so a misspelt field fails.
 Set ``JAX_COMPILATION_CACHE_DIR=<dir>`` to reuse compiled programs across runs (XLA:CPU needs minutes to compile
-a DRSformer train step).
+a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of returning it to the OS
+(``sparse_restore/host_memory.py``; ~30% faster CPU train steps); ``SPARSE_RESTORE_SYSTEM_MALLOC=1`` turns it off.
 
 Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then takes the
 process layout from the cluster manager (Cloud TPU, SLURM, Open MPI, ...). Without one, give
@@ -62,6 +63,8 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from sparse_restore import host_memory
+  host_memory.keep_freed_memory()  # before JAX starts its threads; SPARSE_RESTORE_SYSTEM_MALLOC=1 opts out
   distributed = initialize_distributed()
   import jax
   from sparse_restore import datasets, train

@@ -185,7 +185,8 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def available_memory_bytes(device=None) -> Optional[int]:
-  """Free memory of ``device`` (an accelerator's free bytes, or the host's available RAM on CPU)."""
+  """Free memory of ``device`` (an accelerator's free bytes, or on CPU the host's available RAM plus what this
+  process's allocator holds free, see :mod:`sparse_restore.host_memory`)."""
   import jax
   device = device or jax.local_devices()[0]
   if device.platform != "cpu":
@@ -193,15 +194,17 @@ def available_memory_bytes(device=None) -> Optional[int]:
     if "bytes_limit" in stats:
       return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
     return None
+  from sparse_restore import host_memory
+  retained = host_memory.retained_free_bytes()  # freed by XLA, kept by malloc for this process
   try:
     import psutil
-    return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available) + retained
   except ImportError:
     try:
       with open("/proc/meminfo") as f:
         for line in f:
           if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
+            return int(line.split()[1]) * 1024 + retained
     except OSError:
       pass
   return None

@@ -52,8 +52,10 @@ def _traced(config_name, grad, **model_overrides):
 
 def _assert_xla_vs_shift(accelerator, cpu):
   # Accelerator: grouped convolutions (forward and both VJPs) and none of the shift path's materialising
-  # barriers. CPU: no grouped convolution at all; per-tap slices and barriers instead.
+  # barriers or conditionals (layers.cpu_materialize). CPU: no grouped convolution at all; per-tap slices and
+  # barriers instead.
   assert accelerator["grouped_conv"] > 0 and accelerator["optimization_barrier"] == 0, accelerator
+  assert accelerator["cond"] == 0, accelerator
   assert cpu["grouped_conv"] == 0 and cpu["optimization_barrier"] > 0, cpu
   assert cpu["slice"] > accelerator["slice"], (cpu["slice"], accelerator["slice"])
 
@@ -83,6 +85,8 @@ def test_drsformer_train_gradient_uses_xla_convs_on_gpu_and_shift_on_cpu(backend
   backend("cpu")
   cpu = _traced("tiny.py", False, **overrides)  # the forward pass shows the choice (its VJP is tested elsewhere)
   _assert_xla_vs_shift(gpu, cpu)
+  cpu_grad = _traced("tiny.py", True, **overrides)
+  assert cpu_grad["grouped_conv"] == 0 and cpu_grad["cond"] > 0, cpu_grad  # the shift VJP materialises on CPU
 
 
 def test_ast_train_gradient_uses_xla_convs_on_tpu_and_shift_on_cpu(backend):

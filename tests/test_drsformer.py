@@ -323,14 +323,14 @@ def test_detect_ffn_factor_reproduces_hidden_widths(factor):
 
 
 def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
-  """``scan_blocks`` (default) rolls each level's STBs into one lax.scan over their stacked params: same param
-  tree, same outputs and same gradients as the unrolled blocks; ``remat`` changes neither."""
+  """``scan_blocks=True`` (the GPU/TPU default) rolls each level's STBs into one lax.scan over their stacked
+  params: same param tree, same outputs and same gradients as the unrolled blocks; ``remat`` changes neither."""
   # XLA convolutions: the scan logic does not depend on them, and their backward passes compile quickly.
   cfg = dict(dim=8, num_blocks=(2, 1, 1, 3), heads=(1, 2, 2, 4), use_mefc=False, conv_impl="xla")
   x = jnp.asarray(np.random.default_rng(3).uniform(size=(1, 16, 16, 3)), jnp.float32)
   unrolled = models.create("drsformer", scan_blocks=False, **cfg)
-  scanned = models.create("drsformer", **cfg)
-  scanned_remat = models.create("drsformer", remat=True, **cfg)
+  scanned = models.create("drsformer", scan_blocks=True, **cfg)
+  scanned_remat = models.create("drsformer", scan_blocks=True, remat=True, **cfg)
   params = _random_params(unrolled, x)
   for m in (scanned, scanned_remat):
     shapes = jax.eval_shape(lambda m=m: m.init(jax.random.PRNGKey(0), x))["params"]
@@ -348,3 +348,37 @@ def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
     np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4, atol=1e-6)
   # Every block of a scanned level gets its own gradient.
   assert all(float(jnp.abs(g2[f"latent_{i}"]["attn"]["qkv"]["kernel"]).max()) > 0 for i in range(3))
+
+
+def test_mefc_steps_scanned_off_cpu_equal_unrolled_on_cpu(monkeypatch):
+  """MEFC's 4 steps run as a ``lax.scan`` on GPU/TPU and unrolled on CPU: same outputs and gradients (the scan
+  path is traced here with the backend reported as 'gpu', still computed on the CPU)."""
+  c = 8
+  module = MEFC(c, conv_impl="shift")
+  x = jnp.asarray(np.random.default_rng(4).uniform(size=(2, 16, 16, c)), jnp.float32)
+  params = _random_params(module, x)
+
+  def run():
+    loss = lambda p: jnp.mean(jnp.square(module.apply({"params": p}, x)))
+    return jax.value_and_grad(loss)(params), str(jax.make_jaxpr(loss)(params))
+
+  (l_cpu, g_cpu), jaxpr_cpu = run()
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  (l_gpu, g_gpu), jaxpr_gpu = run()
+  assert " scan[" in jaxpr_gpu and " scan[" not in jaxpr_cpu
+  np.testing.assert_allclose(float(l_gpu), float(l_cpu), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g_gpu), jax.tree_util.tree_leaves(g_cpu)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * float(np.abs(b).max() + 1))
+
+
+@pytest.mark.parametrize("backend,scanned", [("cpu", False), ("gpu", True), ("tpu", True)])
+def test_scan_blocks_default_follows_the_backend(monkeypatch, backend, scanned):
+  """``scan_blocks=None`` unrolls the STBs on CPU and scans them on GPU/TPU; an explicit value wins."""
+  cfg = dict(dim=8, num_blocks=(2, 1, 1, 1), heads=(1, 2, 2, 4), use_mefc=False, conv_impl="xla")
+  x = jnp.zeros((1, 16, 16, 3), jnp.float32)
+  params = jax.eval_shape(lambda: models.create("drsformer", **cfg).init(jax.random.PRNGKey(0), x))["params"]
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  for setting, want in [(None, scanned), (True, True), (False, False)]:
+    module = models.create("drsformer", scan_blocks=setting, **cfg)
+    jaxpr = str(jax.make_jaxpr(lambda p: module.apply({"params": p}, x))(params))
+    assert (" scan[" in jaxpr) == want, (backend, setting)

@@ -109,7 +109,11 @@ class DRSformer(nn.Module):
       and softmaxes are computed in float32, the output is float32.
     remat: rematerialise each STB in the backward pass (less training memory, ~30% more compute).
     scan_blocks: run the STBs of each level as a ``lax.scan`` over their stacked parameters (same parameters
-      and outputs; one compiled block per level instead of one per block). False unrolls them.
+      and outputs; one compiled block per level instead of one per block). False unrolls them; None (default)
+      unrolls on CPU and scans on GPU/TPU: on XLA:CPU every activation a scanned block saves for the backward
+      pass is written into the loop's stacked buffers by a single-threaded in-place update, which made the
+      full-size train step 1.17x slower (14.3 vs 12.3 s at batch 2 x 128, for ~10% less compile time and 20%
+      lower peak memory).
   """
   size_multiple = 8
 
@@ -128,7 +132,7 @@ class DRSformer(nn.Module):
   conv_impl: str = "auto"
   dtype: Optional[Dtype] = None
   remat: bool = False
-  scan_blocks: bool = True
+  scan_blocks: Optional[bool] = None
 
   def __post_init__(self):
     # JSON configs give lists; keep the module hashable and its fields canonical.
@@ -158,7 +162,8 @@ class DRSformer(nn.Module):
   def _level(self, x, name: str, dim: int, count: int, heads: int):
     args = (dim, heads, self.ffn_expansion_factor, self.bias, self.layernorm_type, self.topk_ratios,
             self.ffn_type, self.conv_impl, self.dtype)
-    if self.is_initializing() or count == 1 or not self.scan_blocks:
+    scan = self.scan_blocks if self.scan_blocks is not None else jax.default_backend() != "cpu"
+    if self.is_initializing() or count == 1 or not scan:
       block = _RematSTB if self.remat else STB
       for i in range(count):
         x = block(*args, name=f"{name}_{i}")(x)

@@ -48,6 +48,25 @@ def cpu_barrier(x):
   return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
 
 
+_UINT_OF_WIDTH = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def cpu_materialize(x):
+  """On XLA:CPU, makes XLA compute ``x`` once into its own buffer; the identity elsewhere.
+
+  XLA:CPU fuses a cheap elementwise producer into every consumer, so an array read by several fusions (a
+  convolution's output read by the next layer and by the backward pass's ReLU mask, say) is recomputed in each
+  of them: with a 25-tap depthwise convolution that is 25 slices and products per consumer. It also removes
+  ``optimization_barrier`` before fusion, so a barrier does not stop this. The operand of a conditional is
+  always materialised, so ``x`` goes through a ``lax.cond`` whose predicate is true for every value but is not
+  known to XLA (``bits(x[0]) | 1 != 0``); the other branch never runs.
+  """
+  if jax.default_backend() != "cpu" or x.size == 0:
+    return x
+  first = lax.bitcast_convert_type(x.reshape(-1)[0], _UINT_OF_WIDTH[x.dtype.itemsize])
+  return lax.cond((first | 1) != 0, lambda v: v, jnp.zeros_like, x)
+
+
 def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
   """Plain ``lax.conv_general_dilated`` (NHWC / HWIO): the ground truth the fast paths are tested against."""
   sh, sw = _pair(stride)
@@ -159,7 +178,7 @@ def _depthwise_shift(x, kernel, padding, dilation):
 
 
 def _depthwise_shift_fwd(x, kernel, padding, dilation):
-  return _depthwise_shift_fwd_only(x, kernel, padding, dilation), (x, kernel)
+  return cpu_materialize(_depthwise_shift_fwd_only(x, kernel, padding, dilation)), (x, kernel)
 
 
 def halving_sum(x):
@@ -178,32 +197,47 @@ def halving_sum(x):
   return x[0]
 
 
+KERNEL_GRAD_ROW_BLOCK = 16  # rows per block of the many-tap kernel gradient (see depthwise_kernel_grad)
+
+
 def depthwise_kernel_grad(x, g, kernel_shape, padding, dilation):
   """Gradient of a depthwise convolution's ``[kh, kw, 1, C]`` kernel: ``sum_pixels shift_ij(x_padded) * g``.
 
-  Kernels with more than 9 taps loop over them (``lax.scan`` with a dynamic slice): as fast as unrolled taps
-  on XLA:CPU and 4-9x quicker to compile.
+  Up to 9 taps: one product-and-halving-sum per tap over the whole batch. More taps (5x5, 7x7): a loop over
+  blocks of :data:`KERNEL_GRAD_ROW_BLOCK` output rows, and inside it a loop over the taps (``lax.scan`` with
+  dynamic slices: as fast as unrolled taps on XLA:CPU and several times quicker to compile). Each block of
+  the padded input and of ``g`` is read by every tap while it is still in cache; tap-outer loops stream both
+  arrays from memory once per tap (measured 1.5-2x slower for 5x5 and 7x7 kernels at 128x128).
   """
   kh, kw, _, c = kernel_shape
   (ph, pw), (dh, dw) = padding, dilation
   b, h, w, _ = g.shape
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
 
-  def tap(window):
-    rows = (window * g).astype(jnp.float32).reshape(b * h, w, c)
+  def tap(window, gb):
+    rows = (window * gb).astype(jnp.float32).reshape(-1, w, c)
     return jnp.sum(halving_sum(rows), axis=0)
 
   if kh * kw > 9:
     offsets = jnp.asarray([(i * dh, j * dw) for i in range(kh) for j in range(kw)], jnp.int32)
+    rows = next((r for r in (KERNEL_GRAD_ROW_BLOCK, 8) if h % r == 0 and h > r), h)
+    span = rows + dh * (kh - 1)
 
-    def body(carry, offset):
-      return carry, tap(lax.dynamic_slice(xp, (0, offset[0], offset[1], 0), (b, h, w, c)))
+    def block(total, start):
+      xb = lax.dynamic_slice_in_dim(xp, start, span, axis=1)
+      gb = lax.dynamic_slice_in_dim(g, start, rows, axis=1)
 
-    _, taps = lax.scan(body, None, offsets)
-    return taps.reshape(kh, kw, 1, c)
+      def one_tap(carry, offset):
+        return carry, tap(lax.dynamic_slice(xb, (0, offset[0], offset[1], 0), (b, rows, w, c)), gb)
+
+      _, taps = lax.scan(one_tap, None, offsets)
+      return total + taps, None
+
+    total, _ = lax.scan(block, jnp.zeros((kh * kw, c), jnp.float32), jnp.arange(0, h, rows, dtype=jnp.int32))
+    return total.reshape(kh, kw, 1, c)
   if ph or pw:
     xp = lax.optimization_barrier(xp)
-  taps = [tap(lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + h, j * dw + w, c)))
+  taps = [tap(lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + h, j * dw + w, c)), g)
           for i in range(kh) for j in range(kw)]
   return jnp.stack(taps).reshape(kh, kw, 1, c)
 
@@ -211,13 +245,13 @@ def depthwise_kernel_grad(x, g, kernel_shape, padding, dilation):
 def _depthwise_shift_bwd(padding, dilation, res, g):
   x, kernel = res
   # Materialise the incoming gradient: otherwise XLA may fuse (recompute) its producer into every tap's loop.
-  g = lax.optimization_barrier(g)
+  g = cpu_materialize(g)
   kh, kw, _, _ = kernel.shape
   (ph, pw), (dh, dw) = padding, dilation
   back_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
   dx = _depthwise_shift_fwd_only(g, kernel[::-1, ::-1], back_pad, dilation)
   dk = depthwise_kernel_grad(x, g, kernel.shape, padding, dilation)
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+  return cpu_materialize(dx.astype(x.dtype)), dk.astype(kernel.dtype)
 
 
 _depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)

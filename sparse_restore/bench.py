@@ -13,7 +13,8 @@ one call, all threads: robust to other load on a shared machine), ``runs``, ``co
 ``us_per_pixel`` (microseconds per output pixel: flat across sizes means linear scaling), ``peak_rss_gb``
 (whole process, from getrusage), ``device_peak_gb`` (accelerator allocator peak when the backend reports it),
 ``gflop`` (XLA's cost analysis of the compiled call) and ``tflops_achieved``; with ``--peak-tflops`` also
-``fraction_of_peak``.
+``fraction_of_peak``. ``host_malloc`` says whether glibc kept freed memory for reuse (``reuse``, the default via
+:mod:`sparse_restore.host_memory`) or ran with its defaults (``system``, ``--system-malloc``).
 
 ``max-batch`` mode asks XLA, without running anything, how much memory the compiled train step needs
 (arguments + outputs + temporaries, minus donated/aliased buffers) for growing batch sizes, and reports the

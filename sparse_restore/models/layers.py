@@ -42,8 +42,10 @@ def resolve_conv_impl(conv_impl: str) -> str:
 def cpu_barrier(x):
   """``lax.optimization_barrier`` on XLA:CPU, the identity elsewhere.
 
-  On CPU the barrier makes XLA materialise ``x`` once instead of recomputing it inside every consumer's loop
-  (e.g. a padded activation read by nine conv taps); GPU/TPU keep XLA's own fusion decisions.
+  On CPU the barrier keeps XLA's simplifier from rewriting ``x`` into its consumers before fusion (e.g. a pad
+  folded into each of nine conv taps' slices, which then bounds-check every element); GPU/TPU keep XLA's own
+  decisions. XLA:CPU removes barriers before its fusion pass, so a barrier does not stop a fused producer from
+  being recomputed in several consumers: :func:`cpu_materialize` does that.
   """
   return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
 

@@ -10,14 +10,14 @@ training step on the 2-core development machine.
 (``mallopt``: one arena, no ``mmap`` for large blocks, no trimming). The process's peak memory is unchanged;
 memory freed by XLA is reused instead of being returned to the OS, so the OS counts it as used:
 :func:`retained_free_bytes` says how much of it is free for this process (``restore.available_memory_bytes``
-adds it back). The entry points (``sparse_restore.main``,
-``sparse_restore.bench``, ``sparse_restore.restore``) call it at start-up, before JAX creates its threads; set
-``SPARSE_RESTORE_SYSTEM_MALLOC=1`` to keep the system defaults. It does nothing off glibc (macOS, musl).
+adds it back). The training job (``sparse_restore.main``) and the benchmark (``sparse_restore.bench``) call it
+at start-up, before JAX creates its threads; set ``SPARSE_RESTORE_SYSTEM_MALLOC=1`` to keep the system defaults. It does nothing off glibc (macOS, musl).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 
@@ -36,6 +36,11 @@ class _MallInfo2(ctypes.Structure):
       "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+  return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def keep_freed_memory() -> bool:
   """Configures glibc malloc to reuse freed memory (see the module docstring); returns whether it did.
 
@@ -50,8 +55,7 @@ def keep_freed_memory() -> bool:
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return False
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    mallopt = libc.mallopt
+    mallopt = _libc().mallopt
   except (OSError, AttributeError):
     return False
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -77,7 +81,7 @@ def retained_free_bytes() -> int:
   if not _applied:
     return 0
   try:
-    info = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    info = _libc().mallinfo2
   except (OSError, AttributeError):  # glibc < 2.33
     return 0
   info.restype = _MallInfo2

@@ -31,10 +31,10 @@ print(json.dumps({"applied": applied, "is_applied": host_memory.is_applied(), "f
 """
 
 
-def _probe(env_extra):
+def _probe(env_extra, script=_PROBE):
   import os
   env = dict(os.environ, **env_extra)
-  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -72,10 +72,6 @@ libc.free(block)
 print(json.dumps({"before": before, "after": host_memory.retained_free_bytes(),
                   "available": restore.available_memory_bytes()}))
 """
-  import os
-  out = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, SPARSE_RESTORE_SYSTEM_MALLOC=""),
-                       capture_output=True, text=True, timeout=120)
-  assert out.returncode == 0, out.stderr
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result = _probe({"SPARSE_RESTORE_SYSTEM_MALLOC": ""}, probe)
   assert result["after"] - result["before"] >= 512 * 1024 * 1024 * 0.99, result
   assert result["available"] >= result["after"], result

@@ -245,15 +245,6 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _check_output(output_dir: str, overwrite: bool):
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
-      raise ConversionError(f"{output_dir}: exists and is not a directory")
-    if os.listdir(output_dir) and not overwrite:
-      raise ConversionError(f"{output_dir}: exists and is not empty; pass --overwrite (overwrite=True) to "
-                            "replace it")
-
-
 def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, overwrite: bool = False,
                        verify: bool = False, verify_npz=None, verify_size: int = 64, key: Optional[str] = None,
                        log: Optional[Callable[[str], None]] = print) -> Conversion:
@@ -261,7 +252,8 @@ def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, ov
 
   Args:
     input_path: the checkpoint file (never executed; see ``reader``).
-    output_dir: export directory (``checkpoint.load_model`` reads it). Written atomically, only on success.
+    output_dir: export directory (``checkpoint.load_model`` reads it). Written atomically, only on success;
+      checked before the input is read (a parent that is a file or cannot be written to is an error at once).
     arch: ``"drsformer"`` or ``"ast"``; ``None`` guesses it from the keys.
     overwrite: replace an existing non-empty ``output_dir``.
     verify: run the checks of :mod:`sparse_restore.convert.verify` before writing and re-read the export after.
@@ -272,10 +264,13 @@ def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, ov
 
   Returns the :class:`Conversion` (config, params, per-tensor entries). Raises :class:`ConversionError`.
   """
+  from sparse_restore import checkpoint  # pylint: disable=g-import-not-at-top
   say = log or (lambda _msg: None)
   input_path = os.fspath(input_path)
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  _check_output(output_dir, overwrite)
+  try:
+    output_dir = checkpoint.check_output_dir(os.fspath(output_dir), overwrite=overwrite)
+  except checkpoint.CheckpointError as e:
+    raise ConversionError(str(e)) from None
   obj = reader.read_checkpoint(input_path)
   fmt = reader.detect_format(input_path)
   try:
@@ -306,7 +301,6 @@ def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, ov
     except ConversionError as e:
       raise ConversionError(f"{input_path}: {e}") from None
 
-  from sparse_restore import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     checkpoint.save_model(output_dir, arch, conv.config, conv.params, overwrite=overwrite,
                           source=os.path.basename(input_path), source_sha256=_sha256(input_path),

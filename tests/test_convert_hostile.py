@@ -342,6 +342,9 @@ def _memory_case(case, tmp_path, bomb):
   if case == "stride0":            # one stored float viewed as a 20000 x 20000 tensor
     body = _dict({"params": _dict({"w": _tensor(_storage("0", 1), (20000, 20000), (0, 0))})})
     return _torch_zip(path, _pickle(body), {"0": b"\0" * 4}), "stride-0/overlapping views"
+  if case == "opcode_flood":       # 16M empty sets (EMPTY_SET, APPEND), deflated: ~3.6 GB of Python objects
+    body = _dict({"params": b"]" + b"\x8fa" * (16 << 20)})
+    return _torch_zip(path, _pickle(body), {}, compression=zipfile.ZIP_DEFLATED), "of Python objects"
   if case == "bomb_declared":      # the pickle admits to the 1.5 GiB storage and a tensor using all of it
     body = _dict({"params": _dict({"w": _tensor(_storage("000", BOMB_BYTES // 4), (BOMB_BYTES // 4,), (1,))})})
     return _with_pickle(bomb, path, _pickle(body)), "compressed storages expand the stored data"
@@ -353,7 +356,8 @@ def _memory_case(case, tmp_path, bomb):
   raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["big_builtin", "stride0", "bomb_declared", "bomb_undeclared", "bomb_pickle"])
+@pytest.mark.parametrize("case", ["big_builtin", "stride0", "opcode_flood", "bomb_declared", "bomb_undeclared",
+                                  "bomb_pickle"])
 def test_small_files_cannot_allocate_gigabytes(tmp_path, case, bomb_zip):
   path, expect = _memory_case(case, tmp_path, bomb_zip)
   assert os.path.getsize(path) < (2 << 20)

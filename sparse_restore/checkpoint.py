@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
@@ -63,29 +64,125 @@ def read_model_json(directory: str) -> Dict[str, Any]:
   return info
 
 
+def _tmp_prefix(directory: str) -> str:
+  """Name prefix of save_model's hidden work folders beside ``directory`` (``.<name>.tmp-``)."""
+  return "." + os.path.basename(directory) + ".tmp-"
+
+
+def check_output_dir(directory: str, *, overwrite: bool = False) -> str:
+  """Raises :class:`CheckpointError` unless :func:`save_model` can create (or, with ``overwrite``, replace)
+  ``directory``; returns it as an absolute path. Cheap, so callers run it before any long work.
+
+  The nearest existing ancestor must be a directory in which a folder can really be created: a probe folder is
+  made there and removed, which also catches read-only file systems and ACLs that permission bits do not show.
+  """
+  directory = os.path.abspath(os.path.expanduser(directory))
+  if os.path.lexists(directory):
+    if not os.path.isdir(directory):
+      raise CheckpointError(f"{directory}: exists and is not a directory")
+    try:
+      entries = os.listdir(directory)
+    except OSError as e:
+      raise CheckpointError(f"{directory}: cannot be read ({e.strerror or e})") from None
+    if entries and not overwrite:
+      raise CheckpointError(f"{directory}: exists and is not empty (pass overwrite=True / --overwrite to replace)")
+  ancestor = os.path.dirname(directory)
+  while not os.path.lexists(ancestor):
+    ancestor = os.path.dirname(ancestor)
+  if not os.path.isdir(ancestor):
+    raise CheckpointError(f"{directory}: cannot be created: {ancestor} is not a directory")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=_tmp_prefix(directory), dir=ancestor))
+  except OSError as e:
+    raise CheckpointError(f"{directory}: cannot be created in {ancestor} ({e.strerror or e})") from None
+  return directory
+
+
+# A work folder whose owner cannot be asked (no flock on this platform/file system) counts as abandoned after this.
+_STALE_UNLOCKED_S = 3600
+
+
+def _lock(path: str):
+  """An exclusive, non-blocking flock on directory ``path``: the open descriptor, ``None`` if another process
+  holds it, ``False`` if locks are not available here. The kernel drops it when the holder dies, however it dies."""
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top  (POSIX only)
+  except ImportError:
+    return False
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+  except BlockingIOError:
+    os.close(fd)
+    return None
+  except OSError:  # e.g. a network file system without locks
+    os.close(fd)
+    return False
+
+
+def _remove_stale(directory: str, started: float, *, keep_old: bool) -> None:
+  """Removes work folders (``.<name>.tmp-*``) that earlier, killed runs left beside ``directory``: only real
+  directories last modified before this run ``started`` and not locked by a live run. With ``keep_old``, the
+  ``*.old`` ones (a previous export moved aside during a replace) stay: they may be the only copy left."""
+  parent, prefix = os.path.dirname(directory), _tmp_prefix(directory)
+  try:
+    names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+  except OSError:
+    return
+  for name in names:
+    path = os.path.join(parent, name)
+    if keep_old and name.endswith(".old"):
+      continue
+    try:
+      if os.path.islink(path) or not os.path.isdir(path) or os.path.getmtime(path) >= started:
+        continue
+    except OSError:
+      continue
+    fd = _lock(path)
+    if fd is None:
+      continue  # in use by a live run
+    try:
+      if fd is False and time.time() - os.path.getmtime(path) < _STALE_UNLOCKED_S:
+        continue  # cannot ask its owner, and recent
+      shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+      continue
+    finally:
+      if fd is not False:
+        os.close(fd)
+
+
 def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, overwrite: bool = False,
                **metadata) -> str:
   """Exports ``params`` for network ``arch(**config)`` to ``directory`` atomically.
 
-  Everything is written to a temporary sibling directory first and renamed at the end, so an interrupted or
-  failed export never leaves a half-written model behind. An existing non-empty ``directory`` is refused
-  unless ``overwrite`` (then it is replaced only after the new export is complete).
+  Everything is written to a hidden sibling work folder (``.<name>.tmp-XXXX``, locked while in use) first and
+  renamed at the end, so an interrupted or failed export never leaves a half-written model behind; work folders
+  of earlier runs that were killed are removed. An existing non-empty ``directory`` is refused unless
+  ``overwrite`` (then it is replaced only after the new export is complete). A ``directory`` that cannot be
+  created is a :class:`CheckpointError` before anything is written.
   """
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    if not overwrite:
-      raise CheckpointError(f"{directory}: exists and is not empty (pass overwrite=True / --overwrite to replace)")
+  started = time.time()
+  directory = check_output_dir(directory, overwrite=overwrite)
   parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale(directory, started, keep_old=not os.path.isdir(directory))
+    tmp = tempfile.mkdtemp(prefix=_tmp_prefix(directory), dir=parent)
+  except OSError as e:
+    raise CheckpointError(f"{directory}: cannot be created ({e.strerror or e})") from None
+  lock = _lock(tmp)
   try:
     ckptr = _ocp().StandardCheckpointer()
     ckptr.save(os.path.join(tmp, PARAMS_DIR), jax.tree_util.tree_map(np.asarray, params))
     ckptr.wait_until_finished()
     write_model_json(tmp, arch, config, **metadata)
-    if os.path.exists(directory):
-      old = directory + ".old"
-      shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(directory):
+      old = tmp + ".old"  # hidden and ours: a later run removes it if this one dies before the rmtree below
       os.replace(directory, old)
       os.replace(tmp, directory)
       shutil.rmtree(old, ignore_errors=True)
@@ -94,6 +191,10 @@ def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, ove
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  finally:
+    if lock is not None and lock is not False:
+      os.close(lock)
+  _remove_stale(directory, started, keep_old=False)
   return directory
 
 

@@ -97,7 +97,7 @@ def default_unwrap(obj: Any, key: Optional[str] = None) -> Mapping[str, Any]:
 
 
 def _key_list(obj: Mapping) -> str:
-  keys = [repr(k) for k in list(obj)[:12]]
+  keys = [reader.describe(k) for k in list(obj)[:12]]
   return "[" + ", ".join(keys) + (", ..." if len(obj) > 12 else "") + "]"
 
 
@@ -182,10 +182,10 @@ def convert_state(state: Mapping[str, Any], arch: str, *, source: str = "checkpo
   owner: Dict[FlaxPath, str] = {}
   for key, value in state.items():
     if not isinstance(key, str):
-      problems.append(f"unexpected: key {key!r} is not a string")
+      problems.append(f"unexpected: key {reader.describe(key)} is not a string")
       continue
     if not isinstance(value, np.ndarray):
-      problems.append(f"unexpected: {key!r} holds a {type(value).__name__}, not a tensor")
+      problems.append(f"unexpected: {reader.describe(key)} holds a {type(value).__name__}, not a tensor")
       continue
     try:
       path = rules.map_key(key)
@@ -245,38 +245,35 @@ def _sha256(path: str) -> str:
   return h.hexdigest()
 
 
-def _check_output(output_dir: str, overwrite: bool):
-  if os.path.exists(output_dir):
-    if not os.path.isdir(output_dir):
-      raise ConversionError(f"{output_dir}: exists and is not a directory")
-    if os.listdir(output_dir) and not overwrite:
-      raise ConversionError(f"{output_dir}: exists and is not empty; pass --overwrite (overwrite=True) to "
-                            "replace it")
-
-
 def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, overwrite: bool = False,
                        verify: bool = False, verify_npz=None, verify_size: int = 64, key: Optional[str] = None,
+                       max_tensor_bytes: int = reader.DEFAULT_MAX_BYTES,
                        log: Optional[Callable[[str], None]] = print) -> Conversion:
   """Converts a PyTorch ``.pth``/``.pt``/``.safetensors`` checkpoint to an exported model in ``output_dir``.
 
   Args:
     input_path: the checkpoint file (never executed; see ``reader``).
-    output_dir: export directory (``checkpoint.load_model`` reads it). Written atomically, only on success.
+    output_dir: export directory (``checkpoint.load_model`` reads it). Written atomically, only on success;
+      checked before the input is read (a parent that is a file or cannot be written to is an error at once).
     arch: ``"drsformer"`` or ``"ast"``; ``None`` guesses it from the keys.
     overwrite: replace an existing non-empty ``output_dir``.
     verify: run the checks of :mod:`sparse_restore.convert.verify` before writing and re-read the export after.
     verify_npz: reference ``input``/``output`` (NCHW) to compare the converted model with (implies ``verify``).
     verify_size: side of the random image for the forward smoke test of ``verify``.
     key: container entry holding the state dict (e.g. ``"params_ema"``); default: see ``default_unwrap``.
+    max_tensor_bytes: refuse files whose tensors would take more memory than this (``reader.read_checkpoint``).
     log: where the summary lines go (``None``: silent).
 
   Returns the :class:`Conversion` (config, params, per-tensor entries). Raises :class:`ConversionError`.
   """
+  from sparse_restore import checkpoint  # pylint: disable=g-import-not-at-top
   say = log or (lambda _msg: None)
   input_path = os.fspath(input_path)
-  output_dir = os.path.abspath(os.fspath(output_dir))
-  _check_output(output_dir, overwrite)
-  obj = reader.read_checkpoint(input_path)
+  try:
+    output_dir = checkpoint.check_output_dir(os.fspath(output_dir), overwrite=overwrite)
+  except checkpoint.CheckpointError as e:
+    raise ConversionError(str(e)) from None
+  obj = reader.read_checkpoint(input_path, max_bytes=max_tensor_bytes)
   fmt = reader.detect_format(input_path)
   try:
     if arch is None:
@@ -306,7 +303,6 @@ def convert_checkpoint(input_path, output_dir, arch: Optional[str] = None, *, ov
     except ConversionError as e:
       raise ConversionError(f"{input_path}: {e}") from None
 
-  from sparse_restore import checkpoint  # pylint: disable=g-import-not-at-top
   try:
     checkpoint.save_model(output_dir, arch, conv.config, conv.params, overwrite=overwrite,
                           source=os.path.basename(input_path), source_sha256=_sha256(input_path),

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -184,8 +186,9 @@ def npz_check(module, params, npz_path) -> Check:
   try:
     with np.load(npz_path) as data:
       x, ref = np.asarray(data["input"], np.float32), np.asarray(data["output"], np.float32)
-  except (OSError, KeyError, ValueError) as e:
-    raise ConversionError(f"{npz_path}: not a reference file with 'input' and 'output' arrays ({e})") from None
+  except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged archives too
+    raise ConversionError(f"{npz_path}: not a reference file with 'input' and 'output' arrays "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
   if x.ndim != 4 or ref.ndim != 4:
     raise ConversionError(f"{npz_path}: 'input'/'output' must be NCHW, got {x.shape} and {ref.shape}")
   try:

@@ -4,7 +4,7 @@ Selected by ``Policy(conv="shift")`` (the CPU policy, ``models/policy.py``); the
 module directly, only through ``layers.Conv2d`` / ``layers.depthwise_conv``. Everything here computes what
 ``lax.conv_general_dilated`` computes (tests/test_cpu_kernels.py checks values and gradients); the reasons are
 XLA:CPU's: its grouped convolution and its reductions over pixel axes run single-threaded and unvectorised,
-while elementwise loops over whole arrays vectorise and use every core. Timings: README "Performance".
+while elementwise loops over whole arrays vectorise and use every core. Measurements: README "Performance".
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def grouped_conv_shift(x, kernel, *, padding: Pair, dilation: Pair, guards: bool
     raise ValueError(f"input has {cin} channels, kernel expects {groups} groups of {m}")
   if m > 1:
     # One depthwise pass over all G * m input channels (input channel g*m + j gets kernel[:, :, j, g]), then
-    # the m partial results of each group added as explicit slices: XLA:CPU's reduce over a minor axis of
-    # size m is 20x slower than this, and m separate passes over strided channel slices are ~15% slower.
+    # the m partial results of each group added as explicit slices: faster on XLA:CPU than a reduce over a
+    # minor axis of size m or m separate passes over strided channel slices.
     flat = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(kh, kw, 1, groups * m)
     ys = grouped_conv_shift(x, flat, padding=padding, dilation=dilation, guards=guards)
     ys = ys.reshape(*ys.shape[:3], groups, m)
@@ -70,7 +70,7 @@ def _depthwise_taps(x, kernel, padding: Pair, dilation: Pair):
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   if ph or pw:
     # Materialise the padded input: fused into every tap's slice, the pad costs a bounds check per element
-    # and per tap and XLA:CPU's loop stops vectorising (measured 30x slower at 7x7, and 3x longer to compile).
+    # and per tap and XLA:CPU's loop stops vectorising (and compiles longer).
     xp = lax.optimization_barrier(xp)
   taps = kernel[:, :, 0, :]
   acc = None
@@ -88,7 +88,7 @@ def _depthwise_shift(x, kernel, padding, dilation, guards):
 
   Input gradient: the same shifted-tap correlation of the output gradient with the flipped kernel. Kernel
   gradient: per tap, the product of the shifted input and the output gradient summed by :func:`halving_sum`
-  (XLA:CPU's convolution-based kernel gradient and plain ``jnp.sum`` were both 5-20x slower).
+  (XLA:CPU's convolution-based kernel gradient and plain ``jnp.sum`` are both several times slower).
   """
   return _depthwise_taps(x, kernel, padding, dilation)
 
@@ -139,7 +139,7 @@ def depthwise_kernel_grad(x, g, kernel_shape, padding: Pair, dilation: Pair):
   blocks of :data:`KERNEL_GRAD_ROW_BLOCK` output rows, and inside it a loop over the taps (``lax.scan`` with
   dynamic slices: as fast as unrolled taps on XLA:CPU and several times quicker to compile). Each block of
   the padded input and of ``g`` is read by every tap while it is still in cache; tap-outer loops stream both
-  arrays from memory once per tap (1.5-2x slower for 5x5 and 7x7 kernels).
+  arrays from memory once per tap.
   """
   kh, kw, _, c = kernel_shape
   (ph, pw), (dh, dw) = padding, dilation

@@ -55,7 +55,7 @@ def fusion_guard(x, policy: Policy):
 
   On XLA:CPU the barrier keeps the simplifier from rewriting ``x`` into its consumers (a pad folded into each of
   nine conv taps' slices, which then bounds-check every element; a ``top_k`` of which only part is used turned
-  into a full sort, 15x slower).
+  into a full sort).
   """
   return lax.optimization_barrier(x) if policy.fusion_guards else x
 

@@ -72,9 +72,9 @@ class Policy:
 
 # Per-platform defaults; each entry is measured (README "Performance"). Platforms not listed get Policy().
 PLATFORM_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    # XLA:CPU: its grouped convolution is ~10x slower than shifted taps; it recomputes fused producers in every
-    # consumer and drops optimization barriers before fusion (hence the guards); small working sets keep AST's
-    # large intermediates in cache; a scan's saved activations are written single-threaded (unrolled is faster).
+    # XLA:CPU: its grouped convolution is slow; it recomputes fused producers in every consumer and drops
+    # optimization barriers before fusion (hence the guards); small working sets keep AST's large
+    # intermediates in cache; a scan's saved activations are written single-threaded (unrolled is faster).
     "cpu": dict(conv="shift", fusion_guards=True, chunk_bytes=CPU_CHUNK_BYTES, scan_blocks=False),
     "gpu": dict(),
     "tpu": dict(),

@@ -7,9 +7,7 @@ The JAX formulation computes exactly what the reference computes, but differentl
   (``q.k / (max(|q|, eps) * max(|k|, eps))``) instead of to the full feature maps.
 * q, k, v stay in the NHWC layout ``[B, N, heads, c_head]`` (N = H*W); ``q k^T`` and ``attn v`` are batched
   matrix products contracting / producing the pixel axis directly (with one head, plain ``[B, N, C]``
-  products), so the output lands in NHWC without explicit transposes of full-size tensors. (Measured on
-  XLA:CPU: one ``[C, C]`` product per image with a block-diagonal weight matrix was no faster with 2 heads
-  and 2-4x slower with 8.)
+  products), so the output lands in NHWC without explicit transposes of full-size tensors.
 * One ``lax.top_k`` with ``k = max(k_r)`` gives all thresholds; ``mask_r = attn >= (k_r-th largest of the row)``
   replaces the reference's scatter (identical except on exact ties). Masks carry no gradient, as in the reference.
 * The row maximum is in every mask, so one ``exp(attn - max)`` serves all masked softmaxes, and

@@ -24,7 +24,8 @@ def _rand(seed, shape):
 def test_shift_conv_gradients_match_xla(case, height):
   """The shift path's custom backward (flipped-kernel input gradient; halving-sum kernel gradient, unrolled for
   <= 9 taps and above that looped over taps inside blocks of 16 or 8 rows: heights 32, 24 and 48 cover several
-  blocks of each size) equals autodiff of ``lax.conv_general_dilated``."""
+  blocks of each size) and JAX's autodiff of the same taps (``Policy(conv="taps")``) equal autodiff of
+  ``lax.conv_general_dilated``."""
   k, pad, dil, cin, cout = CONV_CASES[case]
   x = jnp.asarray(_rand(3, (2, height, 14, cin)))
   kernel = jnp.asarray(_rand(4, (k, k, cin // cout, cout)))
@@ -34,9 +35,11 @@ def test_shift_conv_gradients_match_xla(case, height):
     return jax.jit(jax.grad(lambda k, v: jnp.sum(conv(v, k) * probe), argnums=(0, 1)))(kernel, x)
 
   shift = lambda v, k: cpu_kernels.grouped_conv_shift(v, k, padding=(pad, pad), dilation=(dil, dil))
+  taps = lambda v, k: cpu_kernels.grouped_conv_shift(v, k, padding=(pad, pad), dilation=(dil, dil), guards=False,
+                                                     custom_backward=False)  # Policy(conv="taps")
   xla = lambda v, k: layers.conv_reference(v, k, padding=pad, dilation=dil, groups=cout)
-  (gk_shift, gx_shift), (gk_xla, gx_xla) = grads(shift), grads(xla)
-  for got, want in [(gk_shift, gk_xla), (gx_shift, gx_xla)]:
+  (gk_shift, gx_shift), (gk_taps, gx_taps), (gk_xla, gx_xla) = grads(shift), grads(taps), grads(xla)
+  for got, want in [(gk_shift, gk_xla), (gx_shift, gx_xla), (gk_taps, gk_xla), (gx_taps, gx_xla)]:
     assert float(jnp.abs(want).max()) > 0
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-5 * float(jnp.abs(want).max()))
 

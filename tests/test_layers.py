@@ -10,7 +10,7 @@ from sparse_restore import models
 from sparse_restore.models import layers, policy
 from sparse_restore.models.policy import Policy
 
-POLICIES = {"xla": Policy(), "shift": policy.for_platform("cpu")}
+POLICIES = {"xla": Policy(), "shift": policy.for_platform("cpu"), "taps": Policy(conv="taps")}
 
 # (kernel, padding, dilation, in_channels, out_channels, groups): the convolutions DRSformer uses.
 CONV_CASES = {
@@ -32,7 +32,7 @@ def _rand(seed, shape):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("impl", ["shift", "xla"])
+@pytest.mark.parametrize("impl", sorted(POLICIES))
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_conv2d_matches_reference(case, impl):
   k, pad, dil, cin, cout, groups = CONV_CASES[case]

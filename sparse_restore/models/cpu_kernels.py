@@ -1,7 +1,9 @@
 """XLA:CPU kernels: depthwise convolutions as shifted multiply-adds with a hand-written backward pass.
 
-Selected by ``Policy(conv="shift")`` (the CPU policy, ``models/policy.py``); the networks never call this
-module directly, only through ``layers.Conv2d`` / ``layers.depthwise_conv``. Everything here computes what
+Selected by ``Policy(conv="shift")`` (the CPU policy, ``models/policy.py``); ``Policy(conv="taps")`` uses the same
+forward pass without the CPU guards and with JAX's own backward pass (a portable candidate for accelerators:
+elementwise work XLA fuses, nothing for a convolution autotuner to search). The networks never call this module
+directly, only through ``layers.Conv2d`` / ``layers.depthwise_conv``. Everything here computes what
 ``lax.conv_general_dilated`` computes (tests/test_cpu_kernels.py checks values and gradients); the reasons are
 XLA:CPU's: its grouped convolution and its reductions over pixel axes run single-threaded and unvectorised,
 while elementwise loops over whole arrays vectorise and use every core. Measurements: README "Performance".
@@ -36,11 +38,13 @@ def materialize(x):
   return lax.cond((first | 1) != 0, lambda v: v, jnp.zeros_like, x)
 
 
-def grouped_conv_shift(x, kernel, *, padding: Pair, dilation: Pair, guards: bool = True):
+def grouped_conv_shift(x, kernel, *, padding: Pair, dilation: Pair, guards: bool = True,
+                       custom_backward: bool = True):
   """Grouped convolution (stride 1, one output channel per group) as a sum of shifted multiplies.
 
   x: [B, H, W, G * m]; kernel: [kh, kw, m, G] (group g reads input channels g*m .. g*m+m-1, as in PyTorch).
-  ``guards``: materialise shared results (:func:`materialize`) in the backward pass.
+  ``guards``: materialise the padded input and shared results (:func:`materialize`); ``custom_backward``: the
+  hand-written backward pass (else JAX differentiates the taps).
   """
   kh, kw, m, groups = kernel.shape
   cin = x.shape[-1]
@@ -51,16 +55,17 @@ def grouped_conv_shift(x, kernel, *, padding: Pair, dilation: Pair, guards: bool
     # the m partial results of each group added as explicit slices: faster on XLA:CPU than a reduce over a
     # minor axis of size m or m separate passes over strided channel slices.
     flat = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(kh, kw, 1, groups * m)
-    ys = grouped_conv_shift(x, flat, padding=padding, dilation=dilation, guards=guards)
+    ys = grouped_conv_shift(x, flat, padding=padding, dilation=dilation, guards=guards,
+                            custom_backward=custom_backward)
     ys = ys.reshape(*ys.shape[:3], groups, m)
     return sum(ys[..., j] for j in range(m))
   (ph, pw), (dh, dw) = padding, dilation
-  if 0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1):
+  if custom_backward and 0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1):
     return _depthwise_shift(x, kernel, tuple(padding), tuple(dilation), guards)
-  return _depthwise_taps(x, kernel, padding, dilation)
+  return _depthwise_taps(x, kernel, padding, dilation, guards)
 
 
-def _depthwise_taps(x, kernel, padding: Pair, dilation: Pair):
+def _depthwise_taps(x, kernel, padding: Pair, dilation: Pair, guards: bool = True):
   """The forward pass: one shifted slice times one kernel tap per tap, summed."""
   kh, kw, _, _ = kernel.shape
   (ph, pw), (dh, dw) = padding, dilation
@@ -68,7 +73,7 @@ def _depthwise_taps(x, kernel, padding: Pair, dilation: Pair):
   out_h = h + 2 * ph - dh * (kh - 1)
   out_w = w + 2 * pw - dw * (kw - 1)
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  if ph or pw:
+  if guards and (ph or pw):
     # Materialise the padded input: fused into every tap's slice, the pad costs a bounds check per element
     # and per tap and XLA:CPU's loop stops vectorising (and compiles longer).
     xp = lax.optimization_barrier(xp)
@@ -90,7 +95,7 @@ def _depthwise_shift(x, kernel, padding, dilation, guards):
   gradient: per tap, the product of the shifted input and the output gradient summed by :func:`halving_sum`
   (XLA:CPU's convolution-based kernel gradient and plain ``jnp.sum`` are both several times slower).
   """
-  return _depthwise_taps(x, kernel, padding, dilation)
+  return _depthwise_taps(x, kernel, padding, dilation, guards)
 
 
 def _guard(x, guards: bool):
@@ -98,7 +103,7 @@ def _guard(x, guards: bool):
 
 
 def _depthwise_shift_fwd(x, kernel, padding, dilation, guards):
-  return _guard(_depthwise_taps(x, kernel, padding, dilation), guards), (x, kernel)
+  return _guard(_depthwise_taps(x, kernel, padding, dilation, guards), guards), (x, kernel)
 
 
 def _depthwise_shift_bwd(padding, dilation, guards, res, g):
@@ -108,7 +113,7 @@ def _depthwise_shift_bwd(padding, dilation, guards, res, g):
   kh, kw, _, _ = kernel.shape
   (ph, pw), (dh, dw) = padding, dilation
   back_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
-  dx = _depthwise_taps(g, kernel[::-1, ::-1], back_pad, dilation)
+  dx = _depthwise_taps(g, kernel[::-1, ::-1], back_pad, dilation, guards)
   dk = depthwise_kernel_grad(x, g, kernel.shape, padding, dilation)
   return _guard(dx.astype(x.dtype), guards), dk.astype(kernel.dtype)
 

@@ -3,7 +3,7 @@
 Convolutions keep PyTorch's semantics (explicit symmetric padding, dilation, groups) with Flax's kernel layout
 ``[kh, kw, in_channels // groups, out_channels]``, so converted checkpoints map one to one. The blocks take the
 network's :class:`~sparse_restore.models.policy.Policy` and pick the implementation it names: depthwise and
-grouped convolutions run as ``lax.conv_general_dilated`` or as the shifted-tap kernels of ``cpu_kernels``;
+grouped convolutions run as ``lax.conv_general_dilated`` or as the shifted-tap sums of ``cpu_kernels``;
 ``fusion_guards`` adds XLA:CPU's optimization barriers; ``scan_blocks`` rolls repeated blocks into a scan.
 Every choice computes the same function.
 """
@@ -44,9 +44,9 @@ def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
 def depthwise_conv(x, kernel, policy: Policy, *, padding: IntPair = 0, dilation: IntPair = 1):
   """Grouped convolution with one output channel per group (kernel ``[kh, kw, in / groups, groups]``), stride 1,
   in the policy's implementation."""
-  if policy.conv == "shift":
+  if policy.conv in ("shift", "taps"):
     return cpu_kernels.grouped_conv_shift(x, kernel, padding=_pair(padding), dilation=_pair(dilation),
-                                          guards=policy.fusion_guards)
+                                          guards=policy.fusion_guards, custom_backward=policy.conv == "shift")
   return conv_reference(x, kernel, padding=padding, dilation=dilation, groups=kernel.shape[-1])
 
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import jax.numpy as jnp
 
-CONV_IMPLS = ("xla", "shift")
+CONV_IMPLS = ("xla", "shift", "taps")
 # Network fields that choose how it runs, not what it computes: not part of a model's description (model.json).
 RUNTIME_FIELDS = ("policy", "remat", "parent", "name")
 # Constructor arguments of earlier versions that the policy replaced; an old model.json may still list them.
@@ -32,6 +32,7 @@ class Policy:
   Attributes:
     conv: depthwise / grouped convolutions. ``"xla"``: ``lax.conv_general_dilated`` with ``feature_group_count``.
       ``"shift"``: sums of shifted multiplies with a custom backward pass (``models/cpu_kernels.py``).
+      ``"taps"``: the same sums differentiated by JAX (fused elementwise work, nothing to autotune).
     fusion_guards: XLA:CPU guards: optimization barriers that keep padded activations and ``top_k`` results
       materialised, and conditionals that stop a fused producer from being recomputed in every consumer.
     chunk_bytes: working-set budget of AST's chunked (``lax.map``) attention windows and FRFN rows; 0 = whole

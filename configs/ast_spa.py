@@ -80,7 +80,6 @@ def ast_b_model() -> ml_collections.ConfigDict:
   m.in_chans = 3                             # output channels
   m.dd_in = 3                                # input channels (global residual when 3)
   m.pad_mode = "reflect"                     # inputs padded bottom/right to multiples of 128: 'reflect' | 'constant'
-  m.conv_impl = "auto"                       # depthwise conv: 'auto' (shift on CPU, XLA on GPU/TPU) | 'shift' | 'xla'
   return m
 
 

@@ -20,7 +20,7 @@ def get_config():
   config.model.embed_dim = 8
   config.model.depths = (1,) * 9
   config.model.drop_path_rate = 0.0
-  config.model.conv_impl = "xla"
+  config.policy.conv = "xla"
   config.data.num_workers = 0
   config.data.prefetch_buffer_size = 2
   config.data.max_eval_images = 2

@@ -30,11 +30,19 @@ def get_config():
   config.model.mefc_experts = 8              # number of MEFC expert operations (paper Table 4: 1, 4, 8)
   config.model.topk_ratios = (1 / 2, 2 / 3, 3 / 4, 4 / 5)  # TKSA top-k ratios; () = dense softmax attention
   config.model.ffn_type = "msfn"             # 'msfn' | 'gdfn' | 'dfn' | 'fn' (paper Table 3)
-  config.model.conv_impl = "auto"            # depthwise conv: 'auto' (shift on CPU, XLA on GPU/TPU) | 'shift' | 'xla'
   # Compute dtype of the network in training: 'float32' or 'bfloat16' (params and optimizer state stay float32;
   # evaluation always runs in float32).
   config.compute_dtype = "float32"
   config.remat = False                       # recompute activations per block in the backward pass (less memory)
+
+  # ---------------------------------------------------------------- how the network runs on the device
+  # Chosen for the training devices' platform (sparse_restore/models/policy.py; README "Performance"); a value
+  # set here overrides that choice. None / 'auto' = the platform's choice. Results do not depend on these.
+  config.policy = ml_collections.ConfigDict()
+  config.policy.conv = "auto"                # depthwise/grouped convs: 'auto' | 'xla' | 'shift' (the CPU kernels)
+  config.policy.fusion_guards = ml_collections.config_dict.placeholder(bool)  # XLA:CPU barriers / materialising
+  config.policy.chunk_bytes = ml_collections.config_dict.placeholder(int)     # AST chunked working set (0 = off)
+  config.policy.scan_blocks = ml_collections.config_dict.placeholder(bool)    # repeated blocks as one lax.scan
 
   # ---------------------------------------------------------------- data
   config.data = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ def get_config():
   config.model.heads = (1, 2, 4, 8)
   config.model.use_mefc = False
   # Depthwise-conv FFN instead of MSFN: MSFN's 5x5 taps double the XLA:CPU compile time of the train step,
-  # which dominates a few-step test run. (conv_impl stays 'auto': XLA:CPU's own grouped convolution compiles
+  # which dominates a few-step test run. (policy.conv stays 'auto': XLA:CPU's own grouped convolution compiles
   # faster but its backward pass runs ~40x slower than the 'shift' path.)
   config.model.ffn_type = "dfn"
   config.data.name = "synthetic_rain"

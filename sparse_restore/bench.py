@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparse_restore import host_memory, models
+from sparse_restore.models import policy as policy_lib
 
 DEFAULT_CONFIGS = {
     # Full-size published networks (the reference timings in performance.md use these).
@@ -111,16 +112,14 @@ def random_params(module, sample, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str):
-  """The network with benchmark options applied."""
+def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str = "auto",
+          policy_overrides: Optional[Dict[str, Any]] = None):
+  """The network with benchmark options applied, running with the policy for JAX's first device."""
   kwargs = dict(config)
-  if dtype != "float32":
-    kwargs["dtype"] = jnp.dtype(dtype)
   if remat:
     kwargs["remat"] = True
-  if conv_impl != "auto":
-    kwargs["conv_impl"] = conv_impl
-  return models.create(arch, **kwargs)
+  pol = policy_lib.for_device(**{"conv": conv_impl, **(policy_overrides or {}), "dtype": dtype})
+  return models.create(arch, policy=pol, **kwargs)
 
 
 def make_forward(module):
@@ -166,10 +165,11 @@ def _time_calls(fn, args, runs: int, *, carry_state: bool):
 def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float32", runs: int = 3,
             remat: bool = False, conv_impl: str = "auto", preset: Optional[str] = None,
             peak_tflops: Optional[float] = None, width: Optional[int] = None,
-            model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+            model_kwargs: Optional[Dict[str, Any]] = None,
+            policy_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Compiles and times one (network, size, batch, mode) combination; returns the JSON record."""
   arch, config = model_config(name, preset, model_kwargs)
-  module = build(arch, config, dtype=dtype, remat=remat, conv_impl=conv_impl)
+  module = build(arch, config, dtype=dtype, remat=remat, conv_impl=conv_impl, policy_overrides=policy_overrides)
   h, w = size, width or size
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
@@ -202,7 +202,8 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
   gflop = _cost_gflop(compiled)
   rec = {
       "model": name, "arch": arch, "preset": preset, "mode": mode, "height": h, "width": w, "batch": batch,
-      "dtype": dtype, "remat": remat, "conv_impl": conv_impl, "params": n_params,
+      "dtype": dtype, "remat": remat, "conv_impl": module.policy.conv, "policy": module.policy.to_dict(),
+      "params": n_params,
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
       "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
       "model_kwargs": model_kwargs or {}, "host_malloc": "reuse" if host_memory.is_applied() else "system",
@@ -222,11 +223,11 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
 
 
 def train_memory_bytes(name: str, *, size: int, batch: int, remat: bool, dtype: str = "float32",
-                       preset: Optional[str] = None,
-                       model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                       preset: Optional[str] = None, model_kwargs: Optional[Dict[str, Any]] = None,
+                       policy_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """XLA's memory analysis of the compiled train step (nothing is executed)."""
   arch, config = model_config(name, preset, model_kwargs)
-  module = build(arch, config, dtype=dtype, remat=remat, conv_impl="auto")
+  module = build(arch, config, dtype=dtype, remat=remat, policy_overrides=policy_overrides)
   x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
   init_x = jnp.zeros((1, 16, 16, 3), jnp.float32)
   params = jax.eval_shape(module.init, jax.random.PRNGKey(0), init_x)["params"]
@@ -242,7 +243,8 @@ def train_memory_bytes(name: str, *, size: int, batch: int, remat: bool, dtype: 
 
 def max_batch(name: str, *, size: int, memory_gb: float, remat: bool, dtype: str = "float32",
               preset: Optional[str] = None, start: int = 1, limit: int = 1024,
-              model_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              model_kwargs: Optional[Dict[str, Any]] = None,
+              policy_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Largest batch whose compiled train step fits in ``memory_gb``.
 
   XLA's memory need is affine in the batch (params and optimizer state + per-image activations), so it is
@@ -254,7 +256,7 @@ def max_batch(name: str, *, size: int, memory_gb: float, remat: bool, dtype: str
 
   def need(b):
     info = train_memory_bytes(name, size=size, batch=b, remat=remat, dtype=dtype, preset=preset,
-                              model_kwargs=model_kwargs)
+                              model_kwargs=model_kwargs, policy_overrides=policy_overrides)
     print(f"[max-batch] batch {b}: {info['total_bytes'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
     return info
 
@@ -314,14 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay f32)")
   p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (the median is reported)")
   p.add_argument("--remat", action="store_true", help="rematerialise each block (less training memory)")
-  p.add_argument("--conv-impl", choices=("auto", "xla", "shift"), default="auto",
-                 help="grouped-conv implementation (auto: shift on CPU, XLA elsewhere)")
+  p.add_argument("--conv-impl", choices=("auto",) + policy_lib.CONV_IMPLS, default="auto",
+                 help="grouped-conv implementation (auto: the device's policy; shift on CPU, XLA elsewhere)")
+  p.add_argument("--policy", default=None,
+                 help='JSON object of policy fields overriding the device\'s choice (sparse_restore/models/policy.py), '
+                      'e.g. \'{"scan_blocks": true}\'')
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s, for fraction_of_peak")
   p.add_argument("--memory-gb", type=float, default=20.0, help="max-batch: memory budget")
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
   p.add_argument("--system-malloc", action="store_true",
                  help="keep glibc's default allocator settings (default: reuse freed memory, see host_memory.py)")
   return p
+
+
+def _json_object(parser, flag: str, value: Optional[str]) -> Optional[Dict[str, Any]]:
+  if not value:
+    return None
+  try:
+    obj = json.loads(value)
+  except json.JSONDecodeError as e:
+    parser.error(f"{flag} is not valid JSON ({e}): {value!r}")
+  if not isinstance(obj, dict):
+    parser.error(f"{flag} must be a JSON object, got {value!r}")
+  return obj
 
 
 def main(argv=None) -> int:
@@ -331,14 +348,12 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in str(args.size).split(",") if s]
   except ValueError:
     p.error(f"--size must be integers separated by commas, got {args.size!r}")
-  model_kwargs = None
-  if args.model_kwargs:
-    try:
-      model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as e:
-      p.error(f"--model-kwargs is not valid JSON ({e}): {args.model_kwargs!r}")
-    if not isinstance(model_kwargs, dict):
-      p.error(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}")
+  model_kwargs, policy_overrides = (_json_object(p, flag, value) for flag, value in
+                                    (("--model-kwargs", args.model_kwargs), ("--policy", args.policy)))
+  try:
+    policy_lib.for_platform("cpu", **(policy_overrides or {}))
+  except (TypeError, ValueError) as e:
+    p.error(f"--policy: {e}")
   if not args.system_malloc:
     host_memory.keep_freed_memory()  # before the first JAX call starts the CPU client's threads
   print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
@@ -346,15 +361,16 @@ def main(argv=None) -> int:
   for size in sizes:
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,
-                      preset=args.preset, model_kwargs=model_kwargs)
+                      preset=args.preset, model_kwargs=model_kwargs, policy_overrides=policy_overrides)
       if args.check and rec["max_batch"]:
         run = measure(args.model, size=size, batch=rec["max_batch"], mode="train", dtype=args.dtype, runs=1,
-                      remat=args.remat, preset=args.preset, model_kwargs=model_kwargs)
+                      remat=args.remat, preset=args.preset, model_kwargs=model_kwargs,
+                      policy_overrides=policy_overrides)
         rec.update(checked_median_s=run["median_s"], checked_peak_rss_gb=run["peak_rss_gb"])
     else:
       rec = measure(args.model, size=size, batch=args.batch, mode=args.mode, dtype=args.dtype, runs=args.runs,
                     remat=args.remat, conv_impl=args.conv_impl, preset=args.preset, peak_tflops=args.peak_tflops,
-                    width=args.width, model_kwargs=model_kwargs)
+                    width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)
     print(json.dumps(rec), flush=True)
   return 0
 

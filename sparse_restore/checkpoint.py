@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparse_restore.models import policy as policy_lib
+
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
@@ -59,8 +61,10 @@ def read_model_json(directory: str) -> Dict[str, Any]:
       info = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: unreadable ({e})") from None
-  if info.get("format") != FORMAT or "arch" not in info or "config" not in info:
+  if info.get("format") != FORMAT or "arch" not in info or not isinstance(info.get("config"), dict):
     raise CheckpointError(f"{path}: not a sparse_restore model description (needs format/arch/config)")
+  # Older files may list how the network ran (conv_impl, dtype, ...): that is the policy's business now.
+  info["config"] = {k: v for k, v in info["config"].items() if k not in policy_lib.LEGACY_RUNTIME_FIELDS}
   return info
 
 
@@ -200,7 +204,7 @@ def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, ove
 
 def build_module(info: Dict[str, Any], **overrides):
   """The Flax module described by a ``model.json`` dict; ``overrides`` replace constructor arguments
-  (e.g. ``dtype`` or ``conv_impl``)."""
+  (e.g. ``policy``)."""
   from sparse_restore import models
   config = dict(info["config"])
   config.update(overrides)
@@ -229,17 +233,19 @@ def latest_step(workdir: str) -> Optional[int]:
   return max(steps) if steps else None
 
 
-def load_model(path: str, *, step: Optional[int] = None, **overrides) -> Tuple[Any, Any, Dict[str, Any]]:
+def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy_lib.Policy] = None,
+               **overrides) -> Tuple[Any, Any, Dict[str, Any]]:
   """Loads an exported model or the params of a training workdir.
 
   Returns ``(module, params, info)`` where ``info`` is the ``model.json`` dict (plus ``"step"`` for workdirs).
-  ``overrides`` are passed to the module constructor (``dtype=jnp.bfloat16``, ``conv_impl="xla"``...).
+  The module runs with ``policy`` (default: the one for JAX's first device, where ``restore`` runs it);
+  ``overrides`` are passed to its constructor.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such checkpoint directory")
   info = read_model_json(path)
-  module = build_module(info, **overrides)
+  module = build_module(info, policy=policy or policy_lib.for_device(), **overrides)
   target = _restore_target(abstract_params(module))
   ocp = _ocp()
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):

@@ -240,8 +240,8 @@ class JitApply:
   def __init__(self, module, params, dtype=None):
     import jax
     import jax.numpy as jnp
-    if dtype is not None and hasattr(module, "dtype"):
-      module = module.clone(dtype=dtype)
+    if dtype is not None:
+      module = module.clone(policy=module.policy.replace(dtype=dtype))
     self.module = module
     self.params = jax.device_put(params)
     self._jit = jax.jit(lambda p, x: module.apply({"params": p}, x).astype(jnp.float32))
@@ -302,8 +302,8 @@ def model_multiple(module) -> int:
 def make_apply_fn(module, params, dtype=None) -> JitApply:
   """A jitted apply function for :func:`restore_image` from a Flax ``module`` and its ``params``.
 
-  ``dtype`` (e.g. ``jnp.bfloat16``) replaces the module's compute dtype; params stay as given (float32) and
-  the output is float32.
+  ``dtype`` (e.g. ``"bfloat16"``) replaces the compute dtype of the module's policy; params stay as given
+  (float32) and the output is float32.
   """
   return JitApply(module, params, dtype)
 

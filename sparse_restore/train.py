@@ -38,10 +38,9 @@ import optax
 from absl import logging
 
 from sparse_restore import checkpoint, losses, models, schedules, sharding
+from sparse_restore.models import policy as policy_lib
 
-# Constructor arguments that choose how a network runs, not what it computes; they are left out of model.json.
-RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "conv_impl", "scan_blocks", "parent", "name")
-COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = policy_lib.COMPUTE_DTYPES
 CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")
 
 
@@ -65,23 +64,32 @@ def model_kwargs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
 
 
-def create_model(config: ml_collections.ConfigDict, *, train: bool = True):
-  """The network of ``config``; with ``train`` it gets ``compute_dtype`` and ``remat`` (evaluation: float32)."""
+def model_policy(config: ml_collections.ConfigDict, platform: str, *, train: bool = True) -> policy_lib.Policy:
+  """The network's policy for ``platform`` with ``config.policy``'s overrides; ``compute_dtype`` in training
+  (evaluation runs in float32)."""
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.compute_dtype must be one of {list(COMPUTE_DTYPES)}, got {config.compute_dtype!r}")
+  overrides = dict(config.get("policy", {}))
+  try:
+    return policy_lib.for_platform(platform, dtype=config.compute_dtype if train else "float32", **overrides)
+  except ValueError as e:
+    raise ValueError(f"config.policy: {e}") from None
+
+
+def create_model(config: ml_collections.ConfigDict, platform: str, *, train: bool = True):
+  """The network of ``config`` for devices of ``platform``; with ``train`` it gets ``compute_dtype`` and
+  ``remat`` (evaluation: float32)."""
   kw = model_kwargs(config)
-  if train:
-    if config.compute_dtype not in COMPUTE_DTYPES:
-      raise ValueError(f"config.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {config.compute_dtype!r}")
-    if COMPUTE_DTYPES[config.compute_dtype] is not None:
-      kw["dtype"] = COMPUTE_DTYPES[config.compute_dtype]
-    if config.get("remat", False):
-      kw["remat"] = True
-  return models.create(config.model.name, **kw)
+  if train and config.get("remat", False):
+    kw["remat"] = True
+  return models.create(config.model.name, policy=model_policy(config, platform, train=train), **kw)
 
 
 def describe_model(module) -> Dict[str, Any]:
   """The architecture-defining constructor arguments of ``module`` (all dataclass fields but runtime choices),
   as plain JSON values. This is what ``model.json`` stores and what a resumed run must match."""
-  desc = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in RUNTIME_MODEL_FIELDS}
+  desc = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.name not in policy_lib.RUNTIME_FIELDS}
   return json.loads(json.dumps(desc, default=str))
 
 
@@ -378,8 +386,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   loss_fn = losses.get(config.loss, charbonnier_eps=config.get("charbonnier_eps", 1e-3))
 
   # ------------------------------------------------------------------------------------------- model, workdir
-  module = create_model(config, train=True)
-  eval_module = create_model(config, train=False)
+  platform = mesh.devices.flat[0].platform
+  module = create_model(config, platform, train=True)
+  eval_module = create_model(config, platform, train=False)
   arch = config.model.name
   description = describe_model(eval_module)
   os.makedirs(workdir, exist_ok=True)

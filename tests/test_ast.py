@@ -14,7 +14,11 @@ from sparse_restore.models import assa
 from sparse_restore.models import frfn
 from sparse_restore.models import ast as ast_model
 from sparse_restore.models.ast import AST, PRESETS
+from sparse_restore.models import policy
 from sparse_restore.models.layers import pad_to_multiple
+from sparse_restore.models.policy import Policy
+
+CPU = policy.for_platform("cpu")  # shift kernels, guards, 4 MiB chunks: what the entry points choose on a CPU
 
 TINY_ARGS = ("img_size", "embed_dim", "win_size", "token_mlp", "depths", "dd_in")
 
@@ -48,18 +52,20 @@ def tiny(fixtures_dir):
   data = np.load(fixtures_dir / "ast_tiny.npz")
   x = data["input"].transpose(0, 2, 3, 1)
   ref = data["output"].transpose(0, 2, 3, 1)
-  return config, jax.tree_util.tree_map(jnp.asarray, params), x, ref, jax.jit(AST(**config).apply)
+  return config, jax.tree_util.tree_map(jnp.asarray, params), x, ref, jax.jit(AST(**config, policy=CPU).apply)
 
 
 # ----------------------------------------------------------------------------------------------- parity / converter
 
-@pytest.mark.parametrize("conv_impl,chunk_bytes", [("auto", None), ("xla", 2)])
-def test_parity_with_reference(tiny, conv_impl, chunk_bytes):
-  """Converted fixture weights reproduce the PyTorch output (shifted windows in two decoder stages), with the
-  default code paths and with the XLA depthwise conv plus maximal chunking (one window / 8 rows per step)."""
+@pytest.mark.parametrize("pol", [None, Policy(chunk_bytes=2), policy.for_platform("gpu")],
+                         ids=["cpu", "xla-chunked", "gpu"])
+def test_parity_with_reference(tiny, pol):
+  """Converted fixture weights reproduce the PyTorch output (shifted windows in two decoder stages) under the
+  CPU policy, with the XLA depthwise conv plus maximal chunking (one window / 8 rows per step), and under the
+  GPU policy (computed on this CPU)."""
   config, params, x, ref, apply = tiny
-  if conv_impl != "auto" or chunk_bytes is not None:
-    apply = jax.jit(AST(**config, conv_impl=conv_impl, chunk_bytes=chunk_bytes).apply)
+  if pol is not None:
+    apply = jax.jit(AST(**config, policy=pol).apply)
   out = np.asarray(apply({"params": params}, x))
   err = np.abs(out - ref).max()
   assert err <= 1e-5 * np.abs(ref).max(), (err, np.abs(ref).max())
@@ -139,10 +145,11 @@ def test_leff_checkpoints_convert(fixtures_dir):
   assert out.shape == (1, 16, 24, 3) and np.isfinite(np.asarray(out)).all()
 
 
-def test_leff_matches_torch_ops():
+@pytest.mark.parametrize("pol", [Policy(), CPU], ids=["xla", "cpu"])
+def test_leff_matches_torch_ops(pol):
   torch = pytest.importorskip("torch")
   x = np.random.default_rng(0).normal(size=(2, 6, 10, 8)).astype(np.float32)
-  module = frfn.LeFF(8, 32)
+  module = frfn.LeFF(8, 32, policy=pol)
   p = jax.tree_util.tree_map(np.array, _random_params(module, x, scale=0.3))  # writable copies for torch
   out = np.asarray(module.apply({"params": p}, x))
   t = torch.from_numpy
@@ -205,7 +212,7 @@ def test_assa_matches_numpy_formula(chunk_bytes):
   ids = assa.shift_region_ids(8, 8, ws, 2)
   mask = assa.shifted_window_mask(8, 8, ws, 2)
   assert ids.shape == (nw, n) and (mask != 0).any()
-  module = assa.ASSA(c, heads, ws, chunk_bytes=chunk_bytes)
+  module = assa.ASSA(c, heads, ws, policy=Policy(chunk_bytes=chunk_bytes))
   params = _random_params(module, x, ids, seed=2, scale=1.0)
   out = np.asarray(jax.jit(module.apply)({"params": params}, x, ids))
 
@@ -246,14 +253,15 @@ def test_gelu_is_exact_erf_form():
 
 @pytest.mark.parametrize("conv_impl", ["shift", "xla"])
 def test_frfn_row_chunks_equal_whole_image(conv_impl):
+  pol = CPU.replace(conv=conv_impl)
   """FRFN in chunks of rows (with halo rows and image-border zeroing) equals the unchunked FRFN."""
   assert frfn.chunk_rows(24, 1000, 2) == 8 and frfn.chunk_rows(24, 1000, 0) == 24
   assert frfn.chunk_rows(64, 1000, 18_000) == 16 and frfn.chunk_rows(12, 1000, 2) == 12
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 24, 20, 16))
-  whole = frfn.FRFN(16, 64, conv_impl=conv_impl, chunk_bytes=0)
+  whole = frfn.FRFN(16, 64, policy=pol.replace(chunk_bytes=0))
   params = {"params": _random_params(whole, x, scale=0.3)}
   ref = np.asarray(jax.jit(whole.apply)(params, x))
-  out = np.asarray(jax.jit(frfn.FRFN(16, 64, conv_impl=conv_impl, chunk_bytes=2).apply)(params, x))
+  out = np.asarray(jax.jit(frfn.FRFN(16, 64, policy=pol.replace(chunk_bytes=2)).apply)(params, x))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
@@ -364,7 +372,7 @@ def test_jit_equals_eager_model():
 
 def test_bfloat16_forward(tiny):
   config, params, x, ref, _ = tiny
-  out = jax.jit(AST(**config, dtype=jnp.bfloat16).apply)({"params": params}, x)
+  out = jax.jit(AST(**config, policy=CPU.replace(dtype="bfloat16")).apply)({"params": params}, x)
   assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
   rel = np.abs(np.asarray(out) - ref).max() / np.abs(ref).max()
   assert rel < 0.05, rel

@@ -109,7 +109,7 @@ def test_docstrings_start_with_the_command():
 def _abstract_params(config):
   import jax
   from sparse_restore import train
-  module = train.create_model(config, train=True)
+  module = train.create_model(config, "cpu", train=True)
   shapes = jax.eval_shape(lambda: train.init_params(module, jax.random.key(0)))
   return module, shapes
 
@@ -125,7 +125,7 @@ def test_models_build_as_ast_b():
     config = _load(name)
     module, shapes = _abstract_params(config)
     assert isinstance(module, AST)
-    desc = train.describe_model(train.create_model(config, train=False))
+    desc = train.describe_model(train.create_model(config, "cpu", train=False))
     preset = {k: (list(v) if isinstance(v, tuple) else v) for k, v in PRESETS["AST_B"].items()}
     assert {k: desc[k] for k in preset} == preset, name
     assert desc["drop_path_rate"] == 0.1 and desc["img_size"] == 128 and module.pad_multiple == 128, name
@@ -184,7 +184,7 @@ def _driver(workdir: str, raw_dir: str, out: str):
 
   result = train.train_and_evaluate(config, workdir, train_dataset_fn=dataset_fn)
   params = jax.device_get(result.state.params)
-  module = train.create_model(config, train=False)
+  module = train.create_model(config, "cpu", train=False)
   b0 = calls[0]["first"]
   loss_fn = losses.get(config.loss)
   final_loss = float(loss_fn(module.apply({"params": params}, b0["input"]), b0["target"]))

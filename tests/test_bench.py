@@ -48,7 +48,7 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch, fixed_gb,
 
   calls = []
 
-  def fake(name, *, size, batch, remat, dtype="float32", preset=None, model_kwargs=None):
+  def fake(name, *, size, batch, remat, dtype="float32", preset=None, model_kwargs=None, policy_overrides=None):
     calls.append(batch)
     return {"batch": batch, "total_bytes": need(batch), "temp_bytes": 0, "argument_bytes": 0}
 
@@ -58,3 +58,16 @@ def test_max_batch_search_finds_the_largest_fitting_batch(monkeypatch, fixed_gb,
   assert rec["max_batch"] == want
   assert want == 0 or rec["xla_bytes_at_max"] == need(want)
   assert len(calls) <= max_calls, calls
+
+
+def test_policy_flag_reaches_the_network(capsys):
+  """``--policy`` overrides the device's policy (the record shows the policy used); a bad field is a usage error."""
+  rc = bench.main(["--model", "drsformer", "--model-kwargs", json.dumps(TINY), "--size", "16", "--runs", "1",
+                   "--policy", '{"scan_blocks": true, "conv": "xla"}'])
+  assert rc == 0
+  rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rec["policy"]["scan_blocks"] is True and rec["policy"]["conv"] == "xla" and rec["conv_impl"] == "xla"
+  assert rec["policy"]["fusion_guards"] is True  # the rest stays the CPU's choice
+  for bad in ('{"conv_impl": "xla"}', '[1]', '{"conv": "cudnn"}'):
+    with pytest.raises(SystemExit):
+      bench.main(["--policy", bad])

@@ -12,6 +12,7 @@ from sparse_restore import checkpoint
 from sparse_restore import convert
 from sparse_restore.convert import __main__ as cli
 from sparse_restore.convert.rules import ConversionError
+from sparse_restore.models.policy import Policy
 
 DRS_CASES = ("drsformer_tiny_mefc", "drsformer_tiny_nomefc", "drsformer_tiny_biasfree")
 TOL = 1e-5  # fixtures/README.md: max|ours - ref| <= 1e-5 * max|ref|
@@ -31,7 +32,7 @@ def _model_output(export_dir, npz_path):
   """The exported model's output on the fixture input. Depthwise convs run as XLA grouped convs under one jit:
   ~2x faster to compile than the op-by-op CPU "shift" path; that path's parity is the model tests' job."""
   import jax
-  module, params, info = checkpoint.load_model(str(export_dir), conv_impl="xla")
+  module, params, info = checkpoint.load_model(str(export_dir), policy=Policy())
   with np.load(npz_path) as d:
     x, ref = d["input"], d["output"]
   y = np.asarray(jax.jit(lambda p, v: module.apply({"params": p}, v))(params, x.transpose(0, 2, 3, 1)))

@@ -17,12 +17,14 @@ from flax import traverse_util
 from sparse_restore import models
 from sparse_restore.convert import engine, load_state_dict
 from sparse_restore.convert.drsformer import RULES, detect_ffn_factor
-from sparse_restore.models import layers
+from sparse_restore.models import layers, policy
 from sparse_restore.models.feedforward import FFN_TYPES
-from sparse_restore.models.mefc import MEFC, avg_pool_3x3, resolve_experts
+from sparse_restore.models.mefc import MEFC, resolve_experts
+from sparse_restore.models.policy import Policy
 from sparse_restore.models.tksa import DEFAULT_TOPK_RATIOS, TKSA, topk_counts
 
 CASES = ("mefc", "nomefc", "biasfree")
+CPU = policy.for_platform("cpu")  # what the entry points choose on this machine: shift kernels, guards, unrolled
 _CACHE = {}
 
 
@@ -38,7 +40,9 @@ def _case(fixtures_dir, case):
 
 
 def _jitted(config, **overrides):
-  """A jitted ``apply`` per configuration, shared between tests (compiling is the slow part)."""
+  """A jitted ``apply`` per configuration, shared between tests (compiling is the slow part); the CPU policy
+  unless ``overrides`` name another."""
+  overrides = {"policy": CPU, **overrides}
   key = ("apply", tuple(sorted({**config, **overrides}.items())))
   if key not in _CACHE:
     model = models.create("drsformer", **{**config, **overrides})
@@ -78,6 +82,13 @@ def test_matches_pytorch_reference(fixtures_dir, case):
   assert _rel_err(y, ref) <= 1e-5
 
 
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_accelerator_policies_match_pytorch_reference(fixtures_dir, platform):
+  """The GPU/TPU policies (XLA convolutions, scanned levels and MEFC steps), computed on this CPU."""
+  config, params, x, ref, _ = _case(fixtures_dir, "mefc")
+  assert _rel_err(_jitted(config, policy=policy.for_platform(platform))(params, x), ref) <= 1e-5
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_detect_config_reproduces_fixture_arguments(fixtures_dir, case):
   config, _, _, _, meta = _case(fixtures_dir, case)
@@ -111,7 +122,7 @@ def test_full_size_manifest_maps_one_to_one(fixtures_dir, variant, count):
   state = {k: np.zeros(v["shape"], np.float32) for k, v in manifest.items()}
   config = RULES.detect_config(state)
   default = models.create("drsformer", use_mefc=variant == "mefc")
-  runtime_only = {"conv_impl", "dtype", "remat", "scan_blocks", "parent", "name"}
+  runtime_only = {"policy", "remat", "parent", "name"}
   fields = {f.name for f in dataclasses.fields(default) if f.name not in runtime_only}
   assert set(config) == fields - ({"mefc_experts"} if variant == "nomefc" else set())
   assert all(getattr(models.create("drsformer", **config), f) == getattr(default, f) for f in fields)
@@ -148,7 +159,7 @@ def test_pad_model_crop_on_odd_size(fixtures_dir):
 
 def test_bfloat16_compute_runs_and_stays_close(fixtures_dir):
   config, params, x, ref, _ = _case(fixtures_dir, "nomefc")
-  y = _jitted(config, dtype=jnp.bfloat16)(params, x)
+  y = _jitted(config, policy=CPU.replace(dtype="bfloat16"))(params, x)
   assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
   err = _rel_err(y, ref)
   # The fixture's random weights make the network sensitive: rounding just the *weights* to bf16 (float32
@@ -190,7 +201,7 @@ def _naive_tksa(params, x, heads, ratios):
 def test_tksa_matches_literal_algorithm_values_and_gradients(heads, ratios):
   dim = 15 if heads == 3 else 12
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 5, dim)), jnp.float32)
-  module = TKSA(dim, heads, topk_ratios=ratios)
+  module = TKSA(dim, heads, topk_ratios=ratios, policy=CPU)
   params = _random_params(module, x, seed=heads)
   assert sorted(n for n in params if n.startswith("attn")) == [f"attn{i + 1}" for i in range(len(ratios))]
 
@@ -244,18 +255,20 @@ def _ffn_literal(ffn_type, p, x, h):
 @pytest.mark.parametrize("ffn_type", sorted(FFN_TYPES))
 def test_feedforward_variants(ffn_type):
   x = jnp.asarray(np.random.default_rng(1).standard_normal((1, 7, 6, 6)), jnp.float32)
-  module = FFN_TYPES[ffn_type](6, 2.66)  # hidden = int(6 * 2.66) = 15 (odd: the MSFN groups straddle halves)
+  module = FFN_TYPES[ffn_type](6, 2.66, policy=CPU)  # hidden = int(6 * 2.66) = 15 (odd: the MSFN groups straddle halves)
   params = _random_params(module, x)
   np.testing.assert_allclose(np.asarray(jax.jit(module.apply)({"params": params}, x)),
                              np.asarray(jax.jit(_ffn_literal, static_argnums=(0, 3))(ffn_type, params, x, 15)),
                              rtol=1e-5, atol=1e-5)
 
 
-def test_avg_pool_excludes_padding_like_torch():
+@pytest.mark.parametrize("pol", [Policy(), CPU], ids=["portable", "cpu"])
+def test_avg_pool_excludes_padding_like_torch(pol):
   x = np.random.default_rng(2).standard_normal((2, 5, 7, 3)).astype(np.float32)
   want = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)(
       torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
-  np.testing.assert_allclose(np.asarray(avg_pool_3x3(jnp.asarray(x))), want, rtol=1e-6, atol=1e-6)
+  got = jax.jit(lambda v: layers.avg_pool_3x3(v, pol))(jnp.asarray(x))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("experts", [1, 4, 8, ("sep_conv_3x3", "avg_pool_3x3")])
@@ -323,14 +336,14 @@ def test_detect_ffn_factor_reproduces_hidden_widths(factor):
 
 
 def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
-  """``scan_blocks=True`` (the GPU/TPU default) rolls each level's STBs into one lax.scan over their stacked
+  """``policy.scan_blocks`` (the GPU/TPU choice) rolls each level's STBs into one lax.scan over their stacked
   params: same param tree, same outputs and same gradients as the unrolled blocks; ``remat`` changes neither."""
   # XLA convolutions: the scan logic does not depend on them, and their backward passes compile quickly.
-  cfg = dict(dim=8, num_blocks=(2, 1, 1, 3), heads=(1, 2, 2, 4), use_mefc=False, conv_impl="xla")
+  cfg = dict(dim=8, num_blocks=(2, 1, 1, 3), heads=(1, 2, 2, 4), use_mefc=False)
   x = jnp.asarray(np.random.default_rng(3).uniform(size=(1, 16, 16, 3)), jnp.float32)
-  unrolled = models.create("drsformer", scan_blocks=False, **cfg)
-  scanned = models.create("drsformer", scan_blocks=True, **cfg)
-  scanned_remat = models.create("drsformer", scan_blocks=True, remat=True, **cfg)
+  unrolled = models.create("drsformer", policy=Policy(scan_blocks=False), **cfg)
+  scanned = models.create("drsformer", policy=Policy(scan_blocks=True), **cfg)
+  scanned_remat = models.create("drsformer", policy=Policy(scan_blocks=True), remat=True, **cfg)
   params = _random_params(unrolled, x)
   for m in (scanned, scanned_remat):
     shapes = jax.eval_shape(lambda m=m: m.init(jax.random.PRNGKey(0), x))["params"]
@@ -350,35 +363,34 @@ def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
   assert all(float(jnp.abs(g2[f"latent_{i}"]["attn"]["qkv"]["kernel"]).max()) > 0 for i in range(3))
 
 
-def test_mefc_steps_scanned_off_cpu_equal_unrolled_on_cpu(monkeypatch):
-  """MEFC's 4 steps run as a ``lax.scan`` on GPU/TPU and unrolled on CPU: same outputs and gradients (the scan
-  path is traced here with the backend reported as 'gpu', still computed on the CPU)."""
+def test_mefc_steps_scanned_equal_unrolled():
+  """MEFC's 4 steps run as a ``lax.scan`` under ``policy.scan_blocks`` (GPU/TPU) and unrolled without it (CPU):
+  same outputs and gradients, with the CPU kernels in both."""
   c = 8
-  module = MEFC(c, conv_impl="shift")
+  cpu = policy.for_platform("cpu")
   x = jnp.asarray(np.random.default_rng(4).uniform(size=(2, 16, 16, c)), jnp.float32)
-  params = _random_params(module, x)
+  params = _random_params(MEFC(c, policy=cpu), x)
 
-  def run():
+  def run(pol):
+    module = MEFC(c, policy=pol)
     loss = lambda p: jnp.mean(jnp.square(module.apply({"params": p}, x)))
     return jax.value_and_grad(loss)(params), str(jax.make_jaxpr(loss)(params))
 
-  (l_cpu, g_cpu), jaxpr_cpu = run()
-  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  (l_gpu, g_gpu), jaxpr_gpu = run()
-  assert " scan[" in jaxpr_gpu and " scan[" not in jaxpr_cpu
-  np.testing.assert_allclose(float(l_gpu), float(l_cpu), rtol=1e-6)
-  for a, b in zip(jax.tree_util.tree_leaves(g_gpu), jax.tree_util.tree_leaves(g_cpu)):
+  (l_cpu, g_cpu), jaxpr_cpu = run(cpu)
+  (l_scan, g_scan), jaxpr_scan = run(cpu.replace(scan_blocks=True))
+  assert " scan[" in jaxpr_scan and " scan[" not in jaxpr_cpu
+  np.testing.assert_allclose(float(l_scan), float(l_cpu), rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(g_scan), jax.tree_util.tree_leaves(g_cpu)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6 * float(np.abs(b).max() + 1))
 
 
-@pytest.mark.parametrize("backend,scanned", [("cpu", False), ("gpu", True), ("tpu", True)])
-def test_scan_blocks_default_follows_the_backend(monkeypatch, backend, scanned):
-  """``scan_blocks=None`` unrolls the STBs on CPU and scans them on GPU/TPU; an explicit value wins."""
-  cfg = dict(dim=8, num_blocks=(2, 1, 1, 1), heads=(1, 2, 2, 4), use_mefc=False, conv_impl="xla")
+@pytest.mark.parametrize("platform,scanned", [("cpu", False), ("gpu", True), ("cuda", True), ("tpu", True)])
+def test_scan_blocks_follow_the_platform_policy(platform, scanned):
+  """The platform's policy unrolls the STBs on CPU and scans them on GPU/TPU; an explicit override wins."""
+  cfg = dict(dim=8, num_blocks=(2, 1, 1, 1), heads=(1, 2, 2, 4), use_mefc=False)
   x = jnp.zeros((1, 16, 16, 3), jnp.float32)
   params = jax.eval_shape(lambda: models.create("drsformer", **cfg).init(jax.random.PRNGKey(0), x))["params"]
-  monkeypatch.setattr(jax, "default_backend", lambda: backend)
   for setting, want in [(None, scanned), (True, True), (False, False)]:
-    module = models.create("drsformer", scan_blocks=setting, **cfg)
+    module = models.create("drsformer", policy=policy.for_platform(platform, scan_blocks=setting), **cfg)
     jaxpr = str(jax.make_jaxpr(lambda p: module.apply({"params": p}, x))(params))
-    assert (" scan[" in jaxpr) == want, (backend, setting)
+    assert (" scan[" in jaxpr) == want, (platform, setting)

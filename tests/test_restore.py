@@ -1,5 +1,4 @@
 """Padding, tiling with blending, self-ensemble and memory checks of sparse_restore.restore."""
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -8,17 +7,19 @@ import numpy as np
 import pytest
 
 from sparse_restore import restore
+from sparse_restore.models.policy import Policy
 
 
 class LocalNet(nn.Module):
   """Three 3x3 convolutions: receptive-field radius 3, no global statistics."""
-  dtype: Any = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    h = jnp.tanh(nn.Conv(8, (3, 3), dtype=self.dtype)(x))
-    h = jnp.tanh(nn.Conv(8, (3, 3), dtype=self.dtype)(h))
-    return x + nn.Conv(3, (3, 3), dtype=self.dtype)(h)
+    dtype = self.policy.compute_dtype
+    h = jnp.tanh(nn.Conv(8, (3, 3), dtype=dtype)(x))
+    h = jnp.tanh(nn.Conv(8, (3, 3), dtype=dtype)(h))
+    return x + nn.Conv(3, (3, 3), dtype=dtype)(h)
 
 
 class Recorder:
@@ -174,7 +175,7 @@ def test_make_apply_fn_bfloat16():
   img = _image(16, 24, 6)
   f32 = restore.restore_image(restore.make_apply_fn(m, params), img, multiple=8)
   bf = restore.make_apply_fn(m, params, jnp.bfloat16)
-  assert bf.module.dtype == jnp.bfloat16
+  assert bf.module.policy.compute_dtype == jnp.bfloat16
   b16 = restore.restore_image(bf, img, multiple=8)
   assert b16.dtype == np.float32
   assert 0 < np.abs(b16 - f32).max() < 5e-2
@@ -201,8 +202,8 @@ DRSFORMER_TILE_MEAN = 0.01
 
 def test_drsformer_tiled_close_to_untiled():
   from sparse_restore import models
-  # conv_impl="xla" compiles ~3x faster on CPU than "shift" (the two are tested equal in test_layers.py).
-  module = models.create("drsformer", dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 1, 1), conv_impl="xla")
+  # The portable policy (XLA convolutions) compiles ~3x faster on CPU than the CPU policy's shift kernels.
+  module = models.create("drsformer", dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 1, 1))
   assert restore.model_multiple(module) == 8
   params = random_params(module, (1, 16, 16, 3))
   fn = restore.make_apply_fn(module, params)

@@ -152,10 +152,11 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
   model.json (what a resumed run must match) does not depend on them."""
   cfg = load_config("tiny")
   cfg.compute_dtype, cfg.remat = "bfloat16", True
-  module, eval_module = train.create_model(cfg), train.create_model(cfg, train=False)
-  assert module.dtype == jnp.bfloat16 and module.remat and eval_module.dtype is None and not eval_module.remat
+  module, eval_module = train.create_model(cfg, "cpu"), train.create_model(cfg, "cpu", train=False)
+  assert module.policy.compute_dtype == jnp.bfloat16 and module.remat
+  assert eval_module.policy.compute_dtype is None and not eval_module.remat
   assert train.describe_model(module) == train.describe_model(eval_module) == train.describe_model(
-      train.create_model(load_config("tiny")))
+      train.create_model(load_config("tiny"), "cpu"))
   (stage,) = schedules.resolve_stages(cfg)
   tx, sched = train.create_optimizer(cfg, stage)
 

@@ -96,8 +96,8 @@ def _run_model(module, params, x):
   """The whole network under one jit, depthwise convolutions as XLA grouped convolutions (the reference
   implementation; compiling the CPU "shift" path takes ~2x longer, and ``kernel_checks`` runs every depthwise
   kernel through that path against torch)."""
-  if getattr(module, "conv_impl", None) is not None:
-    module = module.clone(conv_impl="xla")
+  from sparse_restore.models.policy import Policy  # pylint: disable=g-import-not-at-top
+  module = module.clone(policy=Policy())
   return np.asarray(_jitted_apply(module)(params, x))
 
 
@@ -128,6 +128,7 @@ def kernel_checks(entries, seed: int = 0) -> List[Check]:
     raise ConversionError("kernel checks need torch, which is not installed")
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sparse_restore.models import policy  # pylint: disable=g-import-not-at-top
   from sparse_restore.models.layers import Conv2d  # pylint: disable=g-import-not-at-top
   F = torch.nn.functional
   rng = np.random.default_rng(seed)
@@ -151,15 +152,16 @@ def kernel_checks(entries, seed: int = 0) -> List[Check]:
       x = rng.standard_normal((1, in_c, _KERNEL_SIDE, _KERNEL_SIDE)).astype(np.float32)
       pad = (kh // 2, kw // 2)
       ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=pad).numpy()
-      ours = _run_layer(Conv2d(out_c, (kh, kw), padding=pad, use_bias=False, conv_impl="xla"), {"kernel": k},
+      ours = _run_layer(Conv2d(out_c, (kh, kw), padding=pad, use_bias=False), {"kernel": k},
                         jnp.asarray(x.transpose(0, 2, 3, 1)))
       new.append(Check(name, "conv", _rel_err(ours.transpose(0, 3, 1, 2), ref), KERNEL_RTOL))
       if in_c == 1 and out_c > 1:  # depthwise: run it grouped too (the "shift" CPU path and XLA's)
         xd = rng.standard_normal((1, out_c, _KERNEL_SIDE, _KERNEL_SIDE)).astype(np.float32)
         ref = F.conv2d(torch.from_numpy(xd), torch.from_numpy(w), padding=pad, groups=out_c).numpy()
         for impl in ("shift", "xla"):
-          ours = _run_layer(Conv2d(out_c, (kh, kw), padding=pad, groups=out_c, use_bias=False, conv_impl=impl),
-                            {"kernel": k}, jnp.asarray(xd.transpose(0, 2, 3, 1)))
+          conv = Conv2d(out_c, (kh, kw), padding=pad, groups=out_c, use_bias=False,
+                        policy=policy.for_platform("cpu", conv=impl))
+          ours = _run_layer(conv, {"kernel": k}, jnp.asarray(xd.transpose(0, 2, 3, 1)))
           new.append(Check(name, f"depthwise conv ({impl})", _rel_err(ours.transpose(0, 3, 1, 2), ref),
                            KERNEL_RTOL))
     elif kind == "transposed conv":

@@ -9,11 +9,11 @@ Helpers here (window partition / reverse, relative-position index, shift-region 
 images with explicit H and W, so non-square images are handled. Indices and region ids are small NumPy
 constants computed from static shapes at trace time; the (nW, N, N) mask itself is built in-graph from the ids
 (``shifted_window_mask`` is its NumPy twin), so no image-sized constant is embedded in the program.
-Also the small helpers shared by AST's layers: ``dense_init``, ``LayerParams``, ``resolve_chunk_bytes``.
+Also the small helpers shared by AST's layers: ``dense_init``, ``LayerParams``, ``largest_divisor``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-Dtype = Any
+from sparse_restore.models.policy import Policy
+
 
 # PyTorch's Linear init in AST (`trunc_normal_(std=.02)` truncated at +-2 absolute, i.e. +-100 std): a normal.
 dense_init = nn.initializers.normal(stddev=0.02)
 MASK_VALUE = -100.0
-DEFAULT_CHUNK_BYTES = 4 << 20
 
 
 def relative_position_index(win_size: int) -> np.ndarray:
@@ -81,14 +81,6 @@ def window_reverse(windows, win_size: int, height: int, width: int):
   return x.reshape(-1, height, width, c)
 
 
-def resolve_chunk_bytes(chunk_bytes: Optional[int]) -> int:
-  """Working-set budget of the chunked (``lax.map``) code paths of AST's layers. ``None`` (auto): 4 MiB on CPU,
-  where keeping intermediates in cache is 2-4x faster for large images; 0 (no chunking) on accelerators."""
-  if chunk_bytes is None:
-    return DEFAULT_CHUNK_BYTES if jax.default_backend() == "cpu" else 0
-  return int(chunk_bytes)
-
-
 def largest_divisor(n: int, fits) -> int:
   """The largest divisor d of n with ``fits(d)`` (1 if none)."""
   return max([d for d in range(1, n + 1) if n % d == 0 and fits(d)], default=1)
@@ -136,11 +128,10 @@ class ASSA(nn.Module):
     num_heads: attention heads h.
     win_size: window side ws (N = ws^2 tokens per window).
     qkv_bias: biases in ``to_q`` / ``to_kv``.
-    dtype: compute dtype of the projections and of ``A @ v``; the score path (scores, bias, mask, softmax,
-      squared ReLU, branch mixing) always runs in float32.
-    chunk_bytes: working-set budget (bytes); when the float32 scores of all windows exceed half of it, the
-      windows are processed in chunks whose scores fit, with ``lax.map`` (same result, far less memory traffic
-      on CPU). None = auto (``resolve_chunk_bytes``: 4 MiB on CPU, off elsewhere); 0 = off.
+    policy: ``policy.dtype`` is the compute dtype of the projections and of ``A @ v``; the score path (scores,
+      bias, mask, softmax, squared ReLU, branch mixing) always runs in float32. When the float32 scores of all
+      windows exceed half of ``policy.chunk_bytes`` (if not 0), the windows are processed in chunks whose scores
+      fit, with ``lax.map`` (same result, far less memory traffic on CPU).
 
   Params: ``qkv/to_q``, ``qkv/to_kv``, ``proj`` (Dense kernels/biases), ``relative_position_bias_table``
   ((2ws-1)^2, h), ``w`` (2,).
@@ -149,8 +140,7 @@ class ASSA(nn.Module):
   num_heads: int
   win_size: int
   qkv_bias: bool = True
-  dtype: Optional[Dtype] = None
-  chunk_bytes: Optional[int] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, windows, region_ids=None):
@@ -165,7 +155,7 @@ class ASSA(nn.Module):
     w = self.param("w", nn.initializers.ones, (2,), jnp.float32)
     (wq, bq), (wkv, bkv) = LinearProjection(self.dim, self.qkv_bias, name="qkv")()
     wp, bp = LayerParams((self.dim, self.dim), name="proj")()
-    dt = jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(windows.dtype, jnp.float32)
+    dt = self.policy.compute_dtype or jnp.result_type(windows.dtype, jnp.float32)
     windows = windows.astype(dt)
     wq, bq, wkv, bkv, wp, bp = (None if a is None else a.astype(dt) for a in (wq, bq, wkv, bkv, wp, bp))
 
@@ -191,7 +181,7 @@ class ASSA(nn.Module):
     n_w = bsz if region_ids is None else region_ids.shape[0]
     if bsz % n_w:
       raise ValueError(f"ASSA: {bsz} windows are not a whole number of {n_w}-window images")
-    budget = resolve_chunk_bytes(self.chunk_bytes) // 2
+    budget = self.policy.chunk_bytes // 2
     per = largest_divisor(n_w, lambda k: k * h * n * n * 4 <= budget) if budget > 0 else n_w
     if per == bsz:
       return attend(windows, None if region_ids is None else jnp.asarray(region_ids))

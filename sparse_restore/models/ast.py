@@ -31,11 +31,8 @@ the authors' SPA-Data test script instead zero-pads *centred* to a square (``exp
 reproduce that protocol exactly, do that padding before calling the model (the internal padding is then a
 no-op). Because the model pads internally, ``size_multiple = 1``.
 
-Speed (CPU). Exact GELU is written with ``erf`` (fuses; JAX's ``erfc`` form does not), the depthwise conv reads
-materialised padded activations, attention runs heads-first with batched matmuls, the relative-position bias is
-one constant-index gather per call and shift masks come from small constant region-id tables. With
-``chunk_bytes`` (default: auto = on for CPU) FRFN runs over chunks of rows and ASSA over chunks of windows
-(``lax.map``), which bounds the working set for large images; results do not change.
+How it runs (dtype, depthwise-conv implementation, chunked ``lax.map`` paths of FRFN rows and ASSA windows that
+bound the working set on CPU) is the ``policy`` field (``models/policy.py``); results do not depend on it.
 
 Flax parameter names mirror the PyTorch state_dict (see ``sparse_restore/convert/ast.py``):
 ``encoderlayer_0/blocks_0/mlp/linear1/kernel``, ``decoderlayer_1/blocks_3/attn/qkv/to_kv/bias``,
@@ -55,8 +52,8 @@ from sparse_restore import models
 from sparse_restore.models.assa import ASSA, shift_region_ids, window_partition, window_reverse
 from sparse_restore.models.frfn import FRFN, LeFF
 from sparse_restore.models.layers import ChannelLayerNorm, Conv2d, crop_to, pad_to_multiple
+from sparse_restore.models.policy import Policy
 
-Dtype = Any
 
 STAGE_NAMES = ("encoderlayer_0", "encoderlayer_1", "encoderlayer_2", "encoderlayer_3", "conv",
                "decoderlayer_0", "decoderlayer_1", "decoderlayer_2", "decoderlayer_3")
@@ -112,7 +109,7 @@ class Upsample(nn.Module):
   (PyTorch's weight spatially flipped), so the two are interchangeable.
   """
   features: int
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
@@ -120,7 +117,7 @@ class Upsample(nn.Module):
     kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
                         (2, 2, c, self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.policy.compute_dtype)
     # Output pixel (2i + a, 2j + b) = x[i, j] @ kernel[1 - a, 1 - b].
     y = jnp.einsum("nhwc,pqco->nhpwqo", x, kernel[::-1, ::-1])
     return y.reshape(b, 2 * h, 2 * w, self.features) + bias
@@ -138,9 +135,7 @@ class TransformerBlock(nn.Module):
   token_mlp: str = "frfn"
   att: bool = True
   drop_path: float = 0.0
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
-  chunk_bytes: Optional[int] = None
+  policy: Policy = Policy()
 
   def _drop_path(self, x, train: bool):
     if not train or self.drop_path <= 0.0:
@@ -156,22 +151,22 @@ class TransformerBlock(nn.Module):
       ws, s = self.win_size, self.shift_size
       if h % ws or w % ws:
         raise ValueError(f"AST block: a {h}x{w} grid is not divisible by the window {ws}")
-      y = ChannelLayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
+      y = ChannelLayerNorm(epsilon=1e-5, dtype=self.policy.compute_dtype, name="norm1")(x)
       if s:
         y = jnp.roll(y, (-s, -s), axis=(1, 2))
       ids = shift_region_ids(h, w, ws, s) if s else None  # (nW, N) constant; the mask is built from it
-      y = ASSA(c, self.num_heads, ws, self.qkv_bias, self.dtype, self.chunk_bytes, name="attn")(
+      y = ASSA(c, self.num_heads, ws, self.qkv_bias, self.policy, name="attn")(
           window_partition(y, ws), ids)
       y = window_reverse(y, ws, h, w)
       if s:
         y = jnp.roll(y, (s, s), axis=(1, 2))
       x = x + self._drop_path(y, train)
     hidden = int(c * self.mlp_ratio)
-    y = ChannelLayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
+    y = ChannelLayerNorm(epsilon=1e-5, dtype=self.policy.compute_dtype, name="norm2")(x)
     if self.token_mlp == "frfn":
-      y = FRFN(c, hidden, self.conv_impl, self.dtype, self.chunk_bytes, name="mlp")(y)
+      y = FRFN(c, hidden, self.policy, name="mlp")(y)
     else:
-      y = LeFF(c, hidden, self.conv_impl, self.dtype, name="mlp")(y)
+      y = LeFF(c, hidden, self.policy, name="mlp")(y)
     return x + self._drop_path(y, train)
 
 
@@ -185,17 +180,15 @@ class BasicASTLayer(nn.Module):
   mlp_ratio: float = 4.0
   qkv_bias: bool = True
   token_mlp: str = "frfn"
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
   remat: bool = False
-  chunk_bytes: Optional[int] = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     block_cls = nn.remat(TransformerBlock, static_argnums=(2,)) if self.remat else TransformerBlock
     for i, ((ws, shift), dp) in enumerate(zip(self.windows, self.drop_paths)):
       x = block_cls(self.dim, self.num_heads, ws, shift, self.mlp_ratio, self.qkv_bias, self.token_mlp,
-                    self.att, dp, self.conv_impl, self.dtype, self.chunk_bytes, name=f"blocks_{i}")(x, train)
+                    self.att, dp, self.policy, name=f"blocks_{i}")(x, train)
     return x
 
 
@@ -216,12 +209,9 @@ class AST(nn.Module):
     drop_path_rate: stochastic depth (training only; needs a ``'dropout'`` rng when > 0 and ``train=True``).
     in_chans: output channels; dd_in: input channels (global residual only when ``dd_in == 3``).
     pad_mode: ``"reflect"`` or ``"constant"`` (zeros) padding up to ``pad_multiple``.
-    dtype: compute dtype (None = float32); params stay float32 and the attention scores are float32.
-    conv_impl: depthwise-conv implementation (``layers.Conv2d``): ``"auto"``, ``"xla"`` or ``"shift"``.
+    policy: how the network runs on the target device (``models/policy.py``: compute dtype, depthwise-conv
+      implementation, chunked paths); params stay float32 and the attention scores are float32.
     remat: rematerialise every block in the backward pass (``nn.remat``) to save memory.
-    chunk_bytes: working-set budget of the chunked (``lax.map``) paths of FRFN (rows) and ASSA (windows), see
-      ``assa.resolve_chunk_bytes``: None = auto (4 MiB on CPU, off on accelerators), 0 = off. Changes speed and
-      memory only, not the result.
   """
   img_size: int = 128
   embed_dim: int = 32
@@ -235,10 +225,8 @@ class AST(nn.Module):
   in_chans: int = 3
   dd_in: int = 3
   pad_mode: str = "reflect"
-  dtype: Optional[Dtype] = None
-  conv_impl: str = "auto"
+  policy: Policy = Policy()
   remat: bool = False
-  chunk_bytes: Optional[int] = None
 
   size_multiple = 1  # any H x W is accepted: the model pads internally to `pad_multiple` and crops back.
 
@@ -298,22 +286,21 @@ class AST(nn.Module):
     def stage(k, y):
       s = specs[k]
       return BasicASTLayer(s["dim"], s["heads"], s["windows"], s["drop_paths"], s["att"], self.mlp_ratio,
-                           self.qkv_bias, self.token_mlp, self.conv_impl, self.dtype, self.remat,
-                           self.chunk_bytes, name=s["name"])(y, train)
+                           self.qkv_bias, self.token_mlp, self.policy, self.remat, name=s["name"])(y, train)
 
-    y = Conv2d(e, 3, padding=1, dtype=self.dtype, name="input_proj")(xp)
+    y = Conv2d(e, 3, padding=1, policy=self.policy, name="input_proj")(xp)
     y = nn.leaky_relu(y, negative_slope=0.01)
     skips = []
     for k in range(4):
       y = stage(k, y)
       skips.append(y)
-      y = Conv2d(2 * e * 2 ** k, 4, stride=2, padding=1, dtype=self.dtype, name=f"dowsample_{k}")(y)
+      y = Conv2d(2 * e * 2 ** k, 4, stride=2, padding=1, policy=self.policy, name=f"dowsample_{k}")(y)
     y = stage(4, y)
     for k in range(4):
-      y = Upsample(e * 2 ** (3 - k), dtype=self.dtype, name=f"upsample_{k}")(y)
+      y = Upsample(e * 2 ** (3 - k), self.policy, name=f"upsample_{k}")(y)
       y = jnp.concatenate([y, skips[3 - k].astype(y.dtype)], axis=-1)
       y = stage(5 + k, y)
-    y = Conv2d(self.in_chans, 3, padding=1, dtype=self.dtype, name="output_proj")(y)
+    y = Conv2d(self.in_chans, 3, padding=1, policy=self.policy, name="output_proj")(y)
     if self.dd_in == 3:
       y = xp + y
     return crop_to(y, size).astype(out_dtype)

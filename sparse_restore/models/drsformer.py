@@ -10,20 +10,18 @@ The defaults are the released model; the other fields are the paper's ablation s
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax import lax
 
 from sparse_restore import models
+from sparse_restore.models import layers
 from sparse_restore.models.feedforward import ffn_class
 from sparse_restore.models.layers import ChannelLayerNorm, Conv2d, pixel_shuffle, pixel_unshuffle
 from sparse_restore.models.mefc import MEFC, OPERATIONS
+from sparse_restore.models.policy import Policy
 from sparse_restore.models.tksa import DEFAULT_TOPK_RATIOS, TKSA
-
-Dtype = Any
 
 
 class STB(nn.Module):
@@ -35,56 +33,45 @@ class STB(nn.Module):
   layernorm_type: str = "WithBias"
   topk_ratios: Optional[Sequence[float]] = DEFAULT_TOPK_RATIOS
   ffn_type: str = "msfn"
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    x = x + TKSA(self.dim, self.num_heads, self.bias, self.topk_ratios, self.conv_impl, self.dtype,
-                 name="attn")(ChannelLayerNorm(self.layernorm_type, dtype=self.dtype, name="norm1")(x))
-    ffn = ffn_class(self.ffn_type)(self.dim, self.ffn_expansion_factor, self.bias, self.conv_impl, self.dtype,
-                                   name="ffn")
-    return x + ffn(ChannelLayerNorm(self.layernorm_type, dtype=self.dtype, name="norm2")(x))
-
-
-_RematSTB = nn.remat(STB)  # Same parameter names; activations recomputed in the backward pass.
+    norm = lambda name: ChannelLayerNorm(self.layernorm_type, dtype=self.policy.compute_dtype, name=name)
+    x = x + TKSA(self.dim, self.num_heads, self.bias, self.topk_ratios, self.policy, name="attn")(norm("norm1")(x))
+    ffn = ffn_class(self.ffn_type)(self.dim, self.ffn_expansion_factor, self.bias, self.policy, name="ffn")
+    return x + ffn(norm("norm2")(x))
 
 
 class OverlapPatchEmbed(nn.Module):
   """3x3 convolution from image to features, no bias (``patch_embed.proj``)."""
   features: int
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    return Conv2d(self.features, 3, padding=1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
-                  name="proj")(x)
+    return Conv2d(self.features, 3, padding=1, use_bias=False, policy=self.policy, name="proj")(x)
 
 
 class Downsample(nn.Module):
   """3x3 conv (C -> C/2, no bias) then PixelUnshuffle(2): half size, 2C channels (``body_0``)."""
   channels: int
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    x = Conv2d(self.channels // 2, 3, padding=1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
-               name="body_0")(x)
+    x = Conv2d(self.channels // 2, 3, padding=1, use_bias=False, policy=self.policy, name="body_0")(x)
     return pixel_unshuffle(x, 2)
 
 
 class Upsample(nn.Module):
   """3x3 conv (C -> 2C, no bias) then PixelShuffle(2): double size, C/2 channels (``body_0``)."""
   channels: int
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    x = Conv2d(self.channels * 2, 3, padding=1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
-               name="body_0")(x)
+    x = Conv2d(self.channels * 2, 3, padding=1, use_bias=False, policy=self.policy, name="body_0")(x)
     return pixel_shuffle(x, 2)
 
 
@@ -104,16 +91,9 @@ class DRSformer(nn.Module):
     topk_ratios: TKSA top-k ratios (one learned weight each); ``()`` or None = dense softmax (Restormer MDTA).
     ffn_type: 'msfn' (DRSformer), 'gdfn' (Restormer), 'dfn' or 'fn' (paper Table 3).
     in_channels, out_channels: image channels (the residual needs them equal).
-    conv_impl: depthwise-conv implementation ('auto' | 'shift' | 'xla'), see ``layers.Conv2d``.
-    dtype: compute dtype (None = float32; bfloat16 for speed). Params stay float32; normalisation statistics
-      and softmaxes are computed in float32, the output is float32.
+    policy: how the network runs on the target device (``models/policy.py``; compute dtype, convolution
+      implementation, scanned or unrolled levels). Does not change what it computes.
     remat: rematerialise each STB in the backward pass (less training memory, ~30% more compute).
-    scan_blocks: run the STBs of each level as a ``lax.scan`` over their stacked parameters (same parameters
-      and outputs; one compiled block per level instead of one per block). False unrolls them; None (default)
-      unrolls on CPU and scans on GPU/TPU: on XLA:CPU every activation a scanned block saves for the backward
-      pass is written into the loop's stacked buffers by a single-threaded in-place update, which made the
-      full-size train step 1.17x slower (14.3 vs 12.3 s at batch 2 x 128, for ~10% less compile time and 20%
-      lower peak memory).
   """
   size_multiple = 8
 
@@ -129,10 +109,8 @@ class DRSformer(nn.Module):
   ffn_type: str = "msfn"
   in_channels: int = 3
   out_channels: int = 3
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
   remat: bool = False
-  scan_blocks: Optional[bool] = None
 
   def __post_init__(self):
     # JSON configs give lists; keep the module hashable and its fields canonical.
@@ -160,35 +138,19 @@ class DRSformer(nn.Module):
                        f"equal out_channels={self.out_channels}")
 
   def _level(self, x, name: str, dim: int, count: int, heads: int):
-    args = (dim, heads, self.ffn_expansion_factor, self.bias, self.layernorm_type, self.topk_ratios,
-            self.ffn_type, self.conv_impl, self.dtype)
-    scan = self.scan_blocks if self.scan_blocks is not None else jax.default_backend() != "cpu"
-    if self.is_initializing() or count == 1 or not scan:
-      block = _RematSTB if self.remat else STB
-      for i in range(count):
-        x = block(*args, name=f"{name}_{i}")(x)
-      return x
-    # The blocks of a level share one structure: scanning over their stacked parameters traces and compiles
-    # one block instead of ``count`` (XLA:CPU compile time of the full network drops several-fold). The
-    # parameter tree is unchanged (``<level>_<i>``); only the computation is rolled into a loop.
-    params = self.variables["params"]
-    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[params[f"{name}_{i}"] for i in range(count)])
-    stb = STB(*args, parent=None)
-
-    def body(carry, block_params):
-      return stb.apply({"params": block_params}, carry), None
-
-    if self.remat:
-      body = jax.checkpoint(body, prevent_cse=False)  # inside scan CSE cannot undo the remat
-    x, _ = lax.scan(body, x, stacked)
-    return x
+    """The ``count`` STBs of one level (``<name>_<i>``)."""
+    stb = STB(dim, heads, self.ffn_expansion_factor, self.bias, self.layernorm_type, self.topk_ratios,
+              self.ffn_type, self.policy, parent=None)
+    return layers.repeated(self, stb, [f"{name}_{i}" for i in range(count)], x, scan=self.policy.scan_blocks,
+                           remat=self.remat)
 
   @nn.compact
-  def __call__(self, img):
-    """img: [B, H, W, in_channels] float, H and W multiples of 8. Returns the restored image, float32."""
+  def __call__(self, img, train: bool = False):
+    """img: [B, H, W, in_channels] float, H and W multiples of 8. Returns the restored image, float32.
+    ``train`` is accepted for a common network signature; DRSformer has no dropout or stochastic depth."""
     self._check_input(img)
     dim, (n1, n2, n3, n4), (h1, h2, h3, h4) = self.dim, self.num_blocks, self.heads
-    kw = dict(conv_impl=self.conv_impl, dtype=self.dtype)
+    kw = dict(policy=self.policy)
 
     x = OverlapPatchEmbed(dim, name="patch_embed", **kw)(img)
     if self.use_mefc:

@@ -14,15 +14,13 @@ GELU is the exact (erf) form, as ``torch.nn.functional.gelu``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sparse_restore.models.layers import Conv2d
+from sparse_restore.models.policy import Policy
 
-Dtype = Any
 _gelu = functools.partial(jax.nn.gelu, approximate=False)
 
 
@@ -36,13 +34,12 @@ class _FFNBase(nn.Module):
   dim: int
   ffn_expansion_factor: float = 2.66
   bias: bool = False
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   def conv(self, features, kernel_size=1, groups=1, name=None):
-    """A ``Conv2d`` with 'same' padding and this block's bias/impl/dtype settings."""
+    """A ``Conv2d`` with 'same' padding and this block's bias and policy."""
     return Conv2d(features, kernel_size, padding=kernel_size // 2, groups=groups, use_bias=self.bias,
-                  conv_impl=self.conv_impl, dtype=self.dtype, name=name)
+                  policy=self.policy, name=name)
 
 
 class MSFN(_FFNBase):

@@ -13,17 +13,19 @@ depthwise 3x3 + GELU, linear2 (hidden -> C).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sparse_restore.models.assa import LayerParams, dense_init, resolve_chunk_bytes
-from sparse_restore.models.layers import Conv2d, conv_reference, cpu_barrier, grouped_conv_shift, resolve_conv_impl
+from sparse_restore.models import layers
+from sparse_restore.models.assa import LayerParams, dense_init
+from sparse_restore.models.layers import Conv2d
+from sparse_restore.models.policy import Policy
 
-Dtype = Any
 
 
 def chunk_rows(height: int, row_bytes: int, budget: int, min_rows: int = 8) -> int:
@@ -51,42 +53,30 @@ def gelu(x):
   return 0.5 * x * (1.0 + lax.erf(x * np.float32(1.0 / np.sqrt(2.0))).astype(x.dtype))
 
 
-def _depthwise(x, kernel, padding, conv_impl):
-  """Depthwise 3x3 conv (one output per channel) with the implementation ``conv_impl`` of ``layers.Conv2d``."""
-  if resolve_conv_impl(conv_impl) == "shift":
-    return grouped_conv_shift(x, kernel, padding=padding)
-  return conv_reference(x, kernel, padding=padding, groups=x.shape[-1])
-
-
 class FRFN(nn.Module):
   """Feature refinement feed-forward network.
 
   Attributes:
     dim: channels C of input and output.
     hidden_dim: width of the gated branch (4C in AST).
-    conv_impl: implementation of the depthwise conv (see ``layers.Conv2d``).
-    dtype: compute dtype (params stay float32).
-    chunk_bytes: memory budget of the 2*hidden-channel intermediate. Larger images are processed in chunks of
-      rows (``lax.map``; each chunk recomputes the conv half of ``linear1`` on one halo row above and below),
-      which keeps the working set small: same result, less peak memory, and on CPU ~2x less time for an
-      isolated FRFN on a 256x256 grid (~10% for the whole AST_B at 512x512, none at 256x256).
-      None = auto (``assa.resolve_chunk_bytes``: 4 MiB on CPU, off elsewhere); 0 = off.
+    policy: compute dtype and depthwise-conv implementation. When the 2*hidden-channel intermediate exceeds
+      ``policy.chunk_bytes`` (if not 0), it is processed in chunks of rows (``lax.map``; each chunk recomputes
+      the conv half of ``linear1`` on one halo row above and below): same result, a working set that stays
+      in cache, less peak memory.
 
   Params: ``partial_conv3`` (3x3, C//4 -> C//4, no bias), ``linear1`` (C -> 2*hidden), ``dwconv`` (3x3 depthwise
   on hidden channels), ``linear2`` (hidden -> C).
   """
   dim: int
   hidden_dim: int
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
-  chunk_bytes: Optional[int] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    if self.dtype is not None:
-      x = x.astype(self.dtype)
+    if self.policy.compute_dtype is not None:
+      x = x.astype(self.policy.compute_dtype)
     dim_conv, hd = self.dim // 4, self.hidden_dim
-    x1 = Conv2d(dim_conv, 3, padding=1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
+    x1 = Conv2d(dim_conv, 3, padding=1, use_bias=False, policy=self.policy,
                 name="partial_conv3")(x[..., :dim_conv])
     x = jnp.concatenate([x1, x[..., dim_conv:].astype(x1.dtype)], axis=-1)
     w1, b1 = LayerParams((self.dim, 2 * hd), dense_init, name="linear1")()
@@ -105,18 +95,16 @@ class FRFN(nn.Module):
       h1 = gelu(jnp.dot(rows, w1a) + b1a)
       if row_valid is None:
         h2 = gelu(jnp.dot(rows, w1b) + b1b)
-        pads = ((0, 0), (1, 1), (1, 1), (0, 0))
+        pad_rows = 1
       else:
         h2 = gelu(jnp.dot(rows[:, 1:-1], w1b) + b1b)
         h1 = h1 * row_valid[None, :, None, None].astype(dt)
-        pads = ((0, 0), (0, 0), (1, 1), (0, 0))
-      # The barrier makes XLA materialise the padded activations once; fused into the 9 conv taps, the GELU
-      # and padding would be recomputed per tap (measured 5-10x slower on CPU).
-      h1 = _depthwise(cpu_barrier(jnp.pad(h1, pads)), wd, (0, 0), self.conv_impl)
+        pad_rows = 0
+      h1 = layers.depthwise_conv(h1, wd, self.policy, padding=(pad_rows, 1))
       return jnp.dot(gelu(h1 + bd) * h2, w2) + b2
 
     b, height, width, c = x.shape
-    rows = chunk_rows(height, width * 2 * hd * jnp.dtype(dt).itemsize, resolve_chunk_bytes(self.chunk_bytes))
+    rows = chunk_rows(height, width * 2 * hd * jnp.dtype(dt).itemsize, self.policy.chunk_bytes)
     if rows == height:
       return gated(x)
     n = height // rows
@@ -141,13 +129,11 @@ class LeFF(nn.Module):
   """
   dim: int
   hidden_dim: int
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
-    x = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name="linear1")(x))
-    x = cpu_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))  # see FRFN
-    x = gelu(Conv2d(self.hidden_dim, 3, padding=0, groups=self.hidden_dim, conv_impl=self.conv_impl,
-                    dtype=self.dtype, name="dwconv")(x))
-    return nn.Dense(self.dim, dtype=self.dtype, kernel_init=dense_init, name="linear2")(x)
+    dense = functools.partial(nn.Dense, dtype=self.policy.compute_dtype, kernel_init=dense_init)
+    x = gelu(dense(self.hidden_dim, name="linear1")(x))
+    x = gelu(Conv2d(self.hidden_dim, 3, padding=1, groups=self.hidden_dim, policy=self.policy, name="dwconv")(x))
+    return dense(self.dim, name="linear2")(x)

@@ -1,72 +1,34 @@
-"""Building blocks shared by the networks: PyTorch-layout convolutions, pixel (un)shuffle, layer norms.
+"""Building blocks shared by the networks: PyTorch-layout convolutions, pooling, top-k, repeated blocks, layer norms.
 
 Convolutions keep PyTorch's semantics (explicit symmetric padding, dilation, groups) with Flax's kernel layout
-``[kh, kw, in_channels // groups, out_channels]``, so converted checkpoints map one to one.
-
-Grouped / depthwise convolutions have two implementations that compute the same function:
-
-* ``"xla"``: ``lax.conv_general_dilated`` with ``feature_group_count``. GPUs and TPUs lower this well.
-* ``"shift"``: a sum of shifted, channel-wise multiplies (one per kernel tap). XLA:CPU's grouped convolution
-  is ~10x slower than this (see the project's performance notes), so it is the CPU choice.
-
-``conv_impl="auto"`` (the default everywhere) picks ``"shift"`` on CPU and ``"xla"`` elsewhere, at trace time.
+``[kh, kw, in_channels // groups, out_channels]``, so converted checkpoints map one to one. The blocks take the
+network's :class:`~sparse_restore.models.policy.Policy` and pick the implementation it names: depthwise and
+grouped convolutions run as ``lax.conv_general_dilated`` or as the shifted-tap sums of ``cpu_kernels``;
+``fusion_guards`` adds XLA:CPU's optimization barriers; ``scan_blocks`` rolls repeated blocks into a scan.
+Every choice computes the same function.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from sparse_restore.models import cpu_kernels
+from sparse_restore.models.policy import Policy
 
 Dtype = Any
 IntPair = Union[int, Tuple[int, int]]
-CONV_IMPLS = ("auto", "xla", "shift")
+conv_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's default
 
 
 def _pair(v: IntPair) -> Tuple[int, int]:
   return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-  """Maps ``"auto"`` to the fast implementation for the default backend."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-  if conv_impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "xla"
-  return conv_impl
-
-
-def cpu_barrier(x):
-  """``lax.optimization_barrier`` on XLA:CPU, the identity elsewhere.
-
-  On CPU the barrier keeps XLA's simplifier from rewriting ``x`` into its consumers before fusion (e.g. a pad
-  folded into each of nine conv taps' slices, which then bounds-check every element); GPU/TPU keep XLA's own
-  decisions. XLA:CPU removes barriers before its fusion pass, so a barrier does not stop a fused producer from
-  being recomputed in several consumers: :func:`cpu_materialize` does that.
-  """
-  return lax.optimization_barrier(x) if jax.default_backend() == "cpu" else x
-
-
-_UINT_OF_WIDTH = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
-
-
-def cpu_materialize(x):
-  """On XLA:CPU, makes XLA compute ``x`` once into its own buffer; the identity elsewhere.
-
-  XLA:CPU fuses a cheap elementwise producer into every consumer, so an array read by several fusions (a
-  convolution's output read by the next layer and by the backward pass's ReLU mask, say) is recomputed in each
-  of them: with a 25-tap depthwise convolution that is 25 slices and products per consumer. It also removes
-  ``optimization_barrier`` before fusion, so a barrier does not stop this. The operand of a conditional is
-  always materialised, so ``x`` goes through a ``lax.cond`` whose predicate is true for every value but is not
-  known to XLA (``bits(x[0]) | 1 != 0``); the other branch never runs.
-  """
-  if jax.default_backend() != "cpu" or x.size == 0:
-    return x
-  first = lax.bitcast_convert_type(x.reshape(-1)[0], _UINT_OF_WIDTH[x.dtype.itemsize])
-  return lax.cond((first | 1) != 0, lambda v: v, jnp.zeros_like, x)
 
 
 def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
@@ -79,55 +41,59 @@ def conv_reference(x, kernel, *, stride=1, padding=0, dilation=1, groups=1):
       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
-def grouped_conv_shift(x, kernel, *, padding=0, dilation=1):
-  """Grouped convolution (stride 1, one output channel per group) as a sum of shifted multiplies.
+def depthwise_conv(x, kernel, policy: Policy, *, padding: IntPair = 0, dilation: IntPair = 1):
+  """Grouped convolution with one output channel per group (kernel ``[kh, kw, in / groups, groups]``), stride 1,
+  in the policy's implementation."""
+  if policy.conv in ("shift", "taps"):
+    return cpu_kernels.grouped_conv_shift(x, kernel, padding=_pair(padding), dilation=_pair(dilation),
+                                          guards=policy.fusion_guards, custom_backward=policy.conv == "shift")
+  return conv_reference(x, kernel, padding=padding, dilation=dilation, groups=kernel.shape[-1])
 
-  x: [B, H, W, G * m]; kernel: [kh, kw, m, G] (group g reads input channels g*m .. g*m+m-1, as in PyTorch).
+
+def fusion_guard(x, policy: Policy):
+  """``lax.optimization_barrier`` under ``policy.fusion_guards`` (XLA:CPU), else ``x``.
+
+  On XLA:CPU the barrier keeps the simplifier from rewriting ``x`` into its consumers (a pad folded into each of
+  nine conv taps' slices, which then bounds-check every element; a ``top_k`` of which only part is used turned
+  into a full sort).
   """
-  kh, kw, m, groups = kernel.shape
-  ph, pw = _pair(padding)
-  dh, dw = _pair(dilation)
-  b, h, w, cin = x.shape
-  if cin != groups * m:
-    raise ValueError(f"input has {cin} channels, kernel expects {groups} groups of {m}")
-  if m > 1:
-    # One depthwise pass over all G * m input channels (input channel g*m + j gets kernel[:, :, j, g]), then
-    # the m partial results of each group added as explicit slices: XLA:CPU's reduce over a minor axis of
-    # size m is 20x slower than this, and m separate passes over strided channel slices are ~15% slower.
-    flat = jnp.transpose(kernel, (0, 1, 3, 2)).reshape(kh, kw, 1, groups * m)
-    ys = grouped_conv_shift(x, flat, padding=padding, dilation=dilation).reshape(*x.shape[:3], groups, m)
-    return sum(ys[..., j] for j in range(m))
-  if 0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1):
-    return _depthwise_shift(x, kernel, (ph, pw), (dh, dw))
-  return _depthwise_shift_fwd_only(x, kernel, (ph, pw), (dh, dw))
+  return lax.optimization_barrier(x) if policy.fusion_guards else x
 
 
-def _depthwise_shift_fwd_only(x, kernel, padding, dilation):
-  kh, kw, _, _ = kernel.shape
-  (ph, pw), (dh, dw) = padding, dilation
-  b, h, w, cin = x.shape
-  out_h = h + 2 * ph - dh * (kh - 1)
-  out_w = w + 2 * pw - dw * (kw - 1)
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-  if ph or pw:
-    # Materialise the padded input: fused into every tap's slice, the pad costs a bounds check per element
-    # and per tap and XLA:CPU's loop stops vectorising (measured 30x slower at 7x7, and 3x longer to compile).
-    xp = lax.optimization_barrier(xp)
-  taps = kernel[:, :, 0, :]
-  acc = None
-  for i in range(kh):
-    for j in range(kw):
-      window = lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + out_h, j * dw + out_w, cin))
-      term = window * taps[i, j]
-      acc = term if acc is None else acc + term
-  return acc
+def top_k(x, k: int, policy: Policy):
+  """``lax.top_k`` over the last axis: (values, indices)."""
+  return fusion_guard(lax.top_k(x, k), policy)
+
+
+def avg_pool_3x3(x, policy: Policy):
+  """``torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)`` in NHWC.
+
+  The window sums are 9 shifted slices of the zero-padded input (XLA:CPU's reduce_window is slow); the number
+  of in-image pixels per window is a trace-time constant, the outer product of a row and a column count.
+  """
+  b, h, w, c = x.shape
+  xp = fusion_guard(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), policy)
+  total = None
+  for i in range(3):
+    for j in range(3):
+      t = lax.slice(xp, (0, i, j, 0), (b, i + h, j + w, c))
+      total = t if total is None else total + t
+
+  def counts(n):
+    v = np.full((n,), 3.0, np.float32)
+    v[0] -= 1
+    v[-1] -= 1
+    return np.maximum(v, 1.0)  # n == 1: the window holds the pixel itself
+
+  count = counts(h)[:, None] * counts(w)[None, :]
+  return total / jnp.asarray(count[None, :, :, None], x.dtype)
 
 
 class Conv2d(nn.Module):
   """``torch.nn.Conv2d`` in NHWC with a Flax kernel ``[kh, kw, in // groups, out]``.
 
   Attributes mirror PyTorch's arguments. 1x1 convolutions run as a matrix product; grouped ones with one output
-  channel per group use ``conv_impl`` (see the module docstring).
+  channel per group as :func:`depthwise_conv`; compute dtype and implementation come from ``policy``.
   """
   features: int
   kernel_size: IntPair = 1
@@ -136,10 +102,9 @@ class Conv2d(nn.Module):
   dilation: IntPair = 1
   groups: int = 1
   use_bias: bool = True
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
   param_dtype: Dtype = jnp.float32
-  kernel_init: Any = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # PyTorch's default
+  kernel_init: Any = conv_kernel_init
 
   @nn.compact
   def __call__(self, x):
@@ -149,16 +114,14 @@ class Conv2d(nn.Module):
     kh, kw = _pair(self.kernel_size)
     kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // self.groups, self.features), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.policy.compute_dtype)
 
-    # Initialisation only needs shapes (the output is usually discarded): the plain XLA convolution traces and
-    # compiles much faster than the shifted-tap formulation and gives the same params.
-    impl = "xla" if self.is_initializing() else resolve_conv_impl(self.conv_impl)
-    if (kh, kw) == (1, 1) and self.groups == 1 and _pair(self.stride) == (1, 1) and _pair(self.padding) == (0, 0):
+    unit_stride = _pair(self.stride) == (1, 1)
+    if (kh, kw) == (1, 1) and self.groups == 1 and unit_stride and _pair(self.padding) == (0, 0):
       y = jnp.dot(x, kernel[0, 0])
-    elif (self.groups > 1 and self.groups == self.features and _pair(self.stride) == (1, 1)
-          and impl == "shift"):
-      y = grouped_conv_shift(x, kernel, padding=self.padding, dilation=self.dilation)
+    elif self.groups > 1 and self.groups == self.features and unit_stride and not self.is_initializing():
+      # (Initialisation only needs shapes: the plain convolution traces and compiles faster there.)
+      y = depthwise_conv(x, kernel, self.policy, padding=self.padding, dilation=self.dilation)
     else:
       y = conv_reference(x, kernel, stride=self.stride, padding=self.padding, dilation=self.dilation,
                          groups=self.groups)
@@ -167,96 +130,49 @@ class Conv2d(nn.Module):
     return y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _depthwise_shift(x, kernel, padding, dilation):
-  """Depthwise shift convolution whose backward pass is cheap to compile and run on XLA:CPU.
+class Kernel1x1(nn.Module):
+  """The ``[1, 1, in, out]`` kernel of a bias-free 1x1 :class:`Conv2d`, declared under this module's name and
+  returned unapplied, for a caller that folds it into another product."""
+  features: int
 
-  Input gradient: the same shifted-tap correlation of the output gradient with the flipped kernel. Kernel
-  gradient: per tap, the product of the shifted input and the output gradient summed by :func:`halving_sum`
-  (XLA:CPU's reductions over the pixel axes run single-threaded and unvectorised: its convolution-based kernel
-  gradient and plain ``jnp.sum`` were both measured 5-20x slower).
+  @nn.compact
+  def __call__(self, in_features: int):
+    return self.param("kernel", conv_kernel_init, (1, 1, in_features, self.features), jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _remat(cls):
+  return nn.remat(cls)  # same parameter names; one class per block type
+
+
+def repeated(module: nn.Module, template: nn.Module, names: Sequence[str], x, xs=None, *, scan: bool,
+             step: Callable = lambda block, x, _: block(x), remat: bool = False):
+  """``x = step(block_i, x, xs[i])`` over the child blocks ``names`` of ``module``, copies of ``template``.
+
+  ``template`` is an unbound module (``parent=None``) with the blocks' settings; ``xs`` (optional) is stacked
+  along its leading axis. Unrolled, each block is a named child of ``module``. With ``scan`` (not at
+  initialisation), the blocks run as one ``lax.scan`` over their stacked parameters: the parameter tree is the
+  same, but one block is traced and compiled instead of ``len(names)``. ``remat`` recomputes each block's
+  activations in the backward pass.
   """
-  return _depthwise_shift_fwd_only(x, kernel, padding, dilation)
+  if module.is_initializing() or not scan or len(names) == 1:
+    fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+              if f.init and f.name not in ("parent", "name")}
+    cls = _remat(type(template)) if remat else type(template)
+    for i, name in enumerate(names):
+      x = step(cls(**fields, name=name), x, None if xs is None else xs[i])
+    return x
+  params = module.variables["params"]
+  stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[params[n] for n in names])
 
+  def body(carry, inputs):
+    block_params, x_i = inputs
+    return step(lambda *args: template.apply({"params": block_params}, *args), carry, x_i), None
 
-def _depthwise_shift_fwd(x, kernel, padding, dilation):
-  return cpu_materialize(_depthwise_shift_fwd_only(x, kernel, padding, dilation)), (x, kernel)
-
-
-def halving_sum(x):
-  """Sum over the leading axis by repeated halving (``x[:n/2] + x[n/2:]``).
-
-  Each level is an elementwise add, which XLA:CPU vectorises and spreads over all cores; the pairwise order
-  also keeps float32 rounding error lower than a sequential sum.
-  """
-  while x.shape[0] > 1:
-    n = x.shape[0]
-    half = n // 2
-    total = x[:half] + x[half:2 * half]
-    if n % 2:
-      total = total.at[0].add(x[-1])
-    x = total
-  return x[0]
-
-
-KERNEL_GRAD_ROW_BLOCK = 16  # rows per block of the many-tap kernel gradient (see depthwise_kernel_grad)
-
-
-def depthwise_kernel_grad(x, g, kernel_shape, padding, dilation):
-  """Gradient of a depthwise convolution's ``[kh, kw, 1, C]`` kernel: ``sum_pixels shift_ij(x_padded) * g``.
-
-  Up to 9 taps: one product-and-halving-sum per tap over the whole batch. More taps (5x5, 7x7): a loop over
-  blocks of :data:`KERNEL_GRAD_ROW_BLOCK` output rows, and inside it a loop over the taps (``lax.scan`` with
-  dynamic slices: as fast as unrolled taps on XLA:CPU and several times quicker to compile). Each block of
-  the padded input and of ``g`` is read by every tap while it is still in cache; tap-outer loops stream both
-  arrays from memory once per tap (measured 1.5-2x slower for 5x5 and 7x7 kernels at 128x128).
-  """
-  kh, kw, _, c = kernel_shape
-  (ph, pw), (dh, dw) = padding, dilation
-  b, h, w, _ = g.shape
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-
-  def tap(window, gb):
-    rows = (window * gb).astype(jnp.float32).reshape(-1, w, c)
-    return jnp.sum(halving_sum(rows), axis=0)
-
-  if kh * kw > 9:
-    offsets = jnp.asarray([(i * dh, j * dw) for i in range(kh) for j in range(kw)], jnp.int32)
-    rows = next((r for r in (KERNEL_GRAD_ROW_BLOCK, 8) if h % r == 0 and h > r), h)
-    span = rows + dh * (kh - 1)
-
-    def block(total, start):
-      xb = lax.dynamic_slice_in_dim(xp, start, span, axis=1)
-      gb = lax.dynamic_slice_in_dim(g, start, rows, axis=1)
-
-      def one_tap(carry, offset):
-        return carry, tap(lax.dynamic_slice(xb, (0, offset[0], offset[1], 0), (b, rows, w, c)), gb)
-
-      _, taps = lax.scan(one_tap, None, offsets)
-      return total + taps, None
-
-    total, _ = lax.scan(block, jnp.zeros((kh * kw, c), jnp.float32), jnp.arange(0, h, rows, dtype=jnp.int32))
-    return total.reshape(kh, kw, 1, c)
-  if ph or pw:
-    xp = lax.optimization_barrier(xp)
-  taps = [tap(lax.slice(xp, (0, i * dh, j * dw, 0), (b, i * dh + h, j * dw + w, c)), g)
-          for i in range(kh) for j in range(kw)]
-  return jnp.stack(taps).reshape(kh, kw, 1, c)
-
-
-def _depthwise_shift_bwd(padding, dilation, res, g):
-  x, kernel = res
-  # Materialise the incoming gradient: otherwise XLA may fuse (recompute) its producer into every tap's loop.
-  g = cpu_materialize(g)
-  kh, kw, _, _ = kernel.shape
-  (ph, pw), (dh, dw) = padding, dilation
-  back_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
-  dx = _depthwise_shift_fwd_only(g, kernel[::-1, ::-1], back_pad, dilation)
-  dk = depthwise_kernel_grad(x, g, kernel.shape, padding, dilation)
-  return cpu_materialize(dx.astype(x.dtype)), dk.astype(kernel.dtype)
-
-
-_depthwise_shift.defvjp(_depthwise_shift_fwd, _depthwise_shift_bwd)
+  if remat:
+    body = jax.checkpoint(body, prevent_cse=False)  # inside a scan, CSE cannot undo the remat
+  x, _ = lax.scan(body, x, (stacked, xs))
+  return x
 
 
 def pixel_shuffle(x, r: int = 2):

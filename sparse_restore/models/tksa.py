@@ -7,27 +7,25 @@ The JAX formulation computes exactly what the reference computes, but differentl
   (``q.k / (max(|q|, eps) * max(|k|, eps))``) instead of to the full feature maps.
 * q, k, v stay in the NHWC layout ``[B, N, heads, c_head]`` (N = H*W); ``q k^T`` and ``attn v`` are batched
   matrix products contracting / producing the pixel axis directly (with one head, plain ``[B, N, C]``
-  products), so the output lands in NHWC without explicit transposes of full-size tensors. (Measured on
-  XLA:CPU: one ``[C, C]`` product per image with a block-diagonal weight matrix was no faster with 2 heads
-  and 2-4x slower with 8.)
-* One ``lax.top_k`` with ``k = max(k_r)`` (inside ``layers.cpu_barrier``, which keeps XLA:CPU on its fast
-  TopK path) gives all thresholds; ``mask_r = attn >= (k_r-th largest of the row)`` replaces the reference's
-  scatter (identical except on exact ties). Masks carry no gradient, as in the reference.
+  products), so the output lands in NHWC without explicit transposes of full-size tensors.
+* One ``lax.top_k`` with ``k = max(k_r)`` gives all thresholds; ``mask_r = attn >= (k_r-th largest of the row)``
+  replaces the reference's scatter (identical except on exact ties). Masks carry no gradient, as in the reference.
 * The row maximum is in every mask, so one ``exp(attn - max)`` serves all masked softmaxes, and
   ``sum_r w_r softmax_r(attn) @ v == (sum_r w_r softmax_r(attn)) @ v`` needs a single product with v.
 """
 from __future__ import annotations
 
 import fractions
-from typing import Any, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from sparse_restore.models.layers import Conv2d, cpu_barrier
+from sparse_restore.models import layers
+from sparse_restore.models.layers import Conv2d
+from sparse_restore.models.policy import Policy
 
-Dtype = Any
 DEFAULT_TOPK_RATIOS: Tuple[float, ...] = (1 / 2, 2 / 3, 3 / 4, 4 / 5)
 NORM_EPS = 1e-12  # F.normalize's eps
 
@@ -63,8 +61,7 @@ class TKSA(nn.Module):
   num_heads: int
   bias: bool = False
   topk_ratios: Optional[Sequence[float]] = DEFAULT_TOPK_RATIOS
-  conv_impl: str = "auto"
-  dtype: Optional[Dtype] = None
+  policy: Policy = Policy()
 
   @nn.compact
   def __call__(self, x):
@@ -77,9 +74,8 @@ class TKSA(nn.Module):
     counts = topk_counts(ch, ratios) if ratios else ()
 
     temperature = self.param("temperature", nn.initializers.ones, (heads, 1, 1), jnp.float32)
-    qkv = Conv2d(3 * c, 1, use_bias=self.bias, conv_impl=self.conv_impl, dtype=self.dtype, name="qkv")(x)
-    qkv = Conv2d(3 * c, 3, padding=1, groups=3 * c, use_bias=self.bias, conv_impl=self.conv_impl,
-                 dtype=self.dtype, name="qkv_dwconv")(qkv)
+    qkv = Conv2d(3 * c, 1, use_bias=self.bias, policy=self.policy, name="qkv")(x)
+    qkv = Conv2d(3 * c, 3, padding=1, groups=3 * c, use_bias=self.bias, policy=self.policy, name="qkv_dwconv")(qkv)
     qkv = qkv.reshape(b, h * w, 3, heads, ch)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, ch]
 
@@ -103,12 +99,12 @@ class TKSA(nn.Module):
     else:
       out = jnp.einsum("bhij,bnhj->bnhi", weights, v)
     out = out.reshape(b, h, w, c)
-    return Conv2d(c, 1, use_bias=self.bias, conv_impl=self.conv_impl, dtype=self.dtype, name="project_out")(out)
+    return Conv2d(c, 1, use_bias=self.bias, policy=self.policy, name="project_out")(out)
 
   def _sparse_weights(self, attn, counts):
     """``sum_r attn_r * softmax(attn restricted to the k_r largest entries of each row)``, float32."""
     fixed = lax.stop_gradient(attn)
-    top_values, _ = cpu_barrier(lax.top_k(fixed, max(counts)))
+    top_values, _ = layers.top_k(fixed, max(counts), self.policy)
     e = jnp.exp(attn - top_values[..., :1])  # The row maximum is kept by every mask.
     combined = jnp.zeros_like(attn)
     for i, k in enumerate(counts):

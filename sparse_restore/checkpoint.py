@@ -19,8 +19,10 @@ import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from sparse_restore import models
+from sparse_restore.models import abstract_params  # noqa: F401  (the converter reads param shapes from here)
 
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
@@ -100,18 +102,9 @@ def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, ove
 def build_module(info: Dict[str, Any], **overrides):
   """The Flax module described by a ``model.json`` dict; ``overrides`` replace constructor arguments
   (e.g. ``dtype`` or ``conv_impl``)."""
-  from sparse_restore import models
   config = dict(info["config"])
   config.update(overrides)
   return models.create(info["arch"], **config)
-
-
-def abstract_params(module, channels: int = 3):
-  """Shapes/dtypes of ``module``'s parameters, without allocating them."""
-  m = getattr(module, "size_multiple", 8)
-  side = max(m, 8)
-  x = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))["params"]
 
 
 def _restore_target(abstract):
@@ -139,7 +132,7 @@ def load_model(path: str, *, step: Optional[int] = None, **overrides) -> Tuple[A
     raise CheckpointError(f"{path}: no such checkpoint directory")
   info = read_model_json(path)
   module = build_module(info, **overrides)
-  target = _restore_target(abstract_params(module))
+  target = _restore_target(models.abstract_params(module))
   ocp = _ocp()
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
     try:

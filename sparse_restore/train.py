@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
@@ -85,15 +84,6 @@ def describe_model(module) -> Dict[str, Any]:
   return json.loads(json.dumps(desc, default=str))
 
 
-def apply_kwargs(module, train: bool) -> Dict[str, Any]:
-  """``train=...`` for networks whose ``__call__`` takes it (AST: drop-path), nothing for the others."""
-  try:
-    params = inspect.signature(type(module).__call__).parameters
-  except (TypeError, ValueError):
-    return {}
-  return {"train": train} if "train" in params else {}
-
-
 def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
   """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
 
@@ -139,20 +129,12 @@ def create_optimizer(config: ml_collections.ConfigDict, stage: schedules.Stage):
   return optax.chain(*parts), schedule
 
 
-def init_params(module, rng):
-  """Freshly initialised params (traced with a small dummy image; the parameters do not depend on its size)."""
-  side = max(int(getattr(module, "size_multiple", 8)), 8)
-  x = jnp.zeros((1, side, side, 3), jnp.float32)
-  return module.init({"params": rng, "dropout": rng}, x, **apply_kwargs(module, False))["params"]
-
-
 def train_step(state: TrainState, batch, rng, *, module, tx, schedule, loss_fn, stage_start: int):
   """One optimizer step on a (global, data-sharded) batch; returns the new state and scalar metrics."""
   step_rng = jax.random.fold_in(rng, state.step)
-  kwargs = apply_kwargs(module, True)
 
   def compute_loss(params):
-    pred = module.apply({"params": params}, batch["input"], rngs={"dropout": step_rng}, **kwargs)
+    pred = module.apply({"params": params}, batch["input"], rngs={"dropout": step_rng}, train=True)
     return loss_fn(pred, batch["target"])
 
   loss, grads = jax.value_and_grad(compute_loss)(state.params)
@@ -414,7 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   tx, schedule = create_optimizer(config, start_stage)
 
   def init_state(rng):
-    params = init_params(module, rng)
+    params = models.init_params(module, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   abstract = _with_sharding(jax.eval_shape(init_state, init_rng), repl)

@@ -107,10 +107,9 @@ def test_docstrings_start_with_the_command():
 
 
 def _abstract_params(config):
-  import jax
-  from sparse_restore import train
+  from sparse_restore import models, train
   module = train.create_model(config, train=True)
-  shapes = jax.eval_shape(lambda: train.init_params(module, jax.random.key(0)))
+  shapes = models.abstract_params(module)
   return module, shapes
 
 

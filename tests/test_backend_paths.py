@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sparse_restore import config_files, losses, train
+from sparse_restore import config_files, losses, models, train
 from sparse_restore.models import assa, layers
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -39,13 +39,12 @@ def _traced(config_name, grad, **model_overrides):
   for key, value in model_overrides.items():
     config.model[key] = value
   module = train.create_model(config)
-  params = jax.eval_shape(lambda: train.init_params(module, jax.random.key(0)))
+  params = models.abstract_params(module)
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
   loss_fn = losses.get("l1")
-  kwargs = train.apply_kwargs(module, True)
 
   def loss(p, x):
-    return loss_fn(module.apply({"params": p}, x, rngs={"dropout": jax.random.key(1)}, **kwargs), x)
+    return loss_fn(module.apply({"params": p}, x, rngs={"dropout": jax.random.key(1)}, train=True), x)
 
   return _primitive_counts(jax.make_jaxpr(jax.grad(loss) if grad else loss)(params, x))
 

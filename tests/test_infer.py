@@ -10,6 +10,7 @@ from PIL import Image
 
 from sparse_restore import checkpoint
 from sparse_restore import imageio
+from sparse_restore import models
 from sparse_restore import restore
 
 # conv_impl="xla" compiles ~3x faster on CPU than "shift"; the two are tested equal in test_layers.py.
@@ -18,7 +19,7 @@ TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1], "conv_impl"
 
 def _random_params(module, seed=0):
   """Sensibly scaled random parameters from the abstract tree (no init compilation)."""
-  abstract = checkpoint.abstract_params(module)
+  abstract = models.abstract_params(module)
   rng = np.random.default_rng(seed)
 
   def leaf(path, a):
@@ -34,7 +35,6 @@ def _random_params(module, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-  from sparse_restore import models
   module = models.create("drsformer", **TINY)
   path = tmp_path_factory.mktemp("model") / "tiny"
   checkpoint.save_model(str(path), "drsformer", TINY, _random_params(module))

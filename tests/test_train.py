@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparse_restore import checkpoint, config_files, input_pipeline, losses, schedules, sharding, train
+from sparse_restore import checkpoint, config_files, input_pipeline, losses, models, schedules, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
   tx, sched = train.create_optimizer(cfg, stage)
 
   def one_step():
-    params = train.init_params(module, jax.random.key(0, impl="rbg"))
+    params = models.init_params(module, jax.random.key(0, impl="rbg"))
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     batch = {"input": jnp.zeros((2, 32, 32, 3)), "target": jnp.zeros((2, 32, 32, 3))}
     return train.train_step(state, batch, jax.random.key(1), module=module, tx=tx, schedule=sched,
@@ -295,11 +295,11 @@ def test_init_from_loads_exported_params(reference_run, tiny_data, tmp_path):
   export = checkpoint.save_model(str(tmp_path / "export"), info["arch"], info["config"], params)
   cfg = tiny_config(tiny_data)
   mesh = sharding.make_mesh()
-  abstract = jax.eval_shape(lambda: train.init_params(train.create_model(cfg), jax.random.key(0, impl="rbg")))
+  abstract = models.abstract_params(train.create_model(cfg))
   loaded = train.load_init_params(export, "drsformer", abstract, mesh)
   assert_trees_equal(host_params(loaded), params)
   cfg16 = tiny_config(tiny_data, **{"model.dim": 16})
-  abstract16 = jax.eval_shape(lambda: train.init_params(train.create_model(cfg16), jax.random.key(0, impl="rbg")))
+  abstract16 = models.abstract_params(train.create_model(cfg16))
   with pytest.raises(train.ModelMismatchError, match="has shape"):
     train.load_init_params(export, "drsformer", abstract16, mesh)
   with pytest.raises(train.ModelMismatchError, match="holds a 'drsformer' model"):

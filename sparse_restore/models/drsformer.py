@@ -184,8 +184,9 @@ class DRSformer(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, img):
-    """img: [B, H, W, in_channels] float, H and W multiples of 8. Returns the restored image, float32."""
+  def __call__(self, img, train: bool = False):
+    """img: [B, H, W, in_channels] float, H and W multiples of 8. Returns the restored image, float32.
+    ``train`` is accepted for the registry's common signature and ignored (no dropout or drop-path)."""
     self._check_input(img)
     dim, (n1, n2, n3, n4), (h1, h2, h3, h4) = self.dim, self.num_blocks, self.heads
     kw = dict(conv_impl=self.conv_impl, dtype=self.dtype)

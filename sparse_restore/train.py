@@ -1,7 +1,8 @@
 """Training: the train state, one jitted data-parallel update, and the loop (checkpoints, evaluation, logging).
 
-Entry points: :func:`train_and_evaluate` (``main.py --mode train``) and :func:`evaluate_checkpoint`
-(``--mode evaluate``).
+Entry point: :func:`train_and_evaluate` (``main.py --mode train``; ``--mode evaluate`` is
+:func:`sparse_restore.model_eval.evaluate_checkpoint`). Checkpoints and the workdir's ``model.json`` are handled by
+:mod:`sparse_restore.checkpoint`, evaluation by :mod:`sparse_restore.model_eval`.
 
 Layout of a workdir::
 
@@ -25,7 +26,6 @@ import json
 import math
 import os
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.struct
@@ -41,15 +41,10 @@ from sparse_restore import checkpoint, losses, models, schedules, sharding
 # Constructor arguments that choose how a network runs, not what it computes; they are left out of model.json.
 RUNTIME_MODEL_FIELDS = ("dtype", "param_dtype", "remat", "conv_impl", "scan_blocks", "parent", "name")
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
-CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss (or gradient norm) became NaN/inf; the run stopped without saving the bad state."""
-
-
-class ModelMismatchError(ValueError):
-  """The workdir's model.json describes a different network than the config."""
 
 
 # ################################################################################################################
@@ -82,28 +77,6 @@ def describe_model(module) -> Dict[str, Any]:
   as plain JSON values. This is what ``model.json`` stores and what a resumed run must match."""
   desc = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in RUNTIME_MODEL_FIELDS}
   return json.loads(json.dumps(desc, default=str))
-
-
-def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
-  """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
-
-  Returns whether the file exists.
-  """
-  if not os.path.isfile(os.path.join(workdir, checkpoint.MODEL_JSON)):
-    return False
-  info = checkpoint.read_model_json(workdir)
-  old_arch, old = info["arch"], info["config"]
-  if old_arch == arch and old == description:
-    return True
-  if old_arch != arch:
-    diff = f"arch {old_arch!r} in the workdir vs {arch!r} in the config"
-  else:
-    keys = sorted(set(old) | set(description))
-    diff = ", ".join(f"{k}: {old.get(k, '<unset>')!r} in the workdir vs {description.get(k, '<unset>')!r} in the config"
-                     for k in keys if old.get(k) != description.get(k))
-  raise ModelMismatchError(
-      f"{os.path.join(workdir, checkpoint.MODEL_JSON)} describes a different model than the config ({diff}). "
-      "Refusing to resume: use a new --workdir, or set the config back to the workdir's model.")
 
 
 # ################################################################################################################
@@ -157,94 +130,8 @@ def _with_sharding(abstract, shard):
 
 
 # ################################################################################################################
-#                                                Checkpoints
-# ################################################################################################################
-
-
-class Checkpoints:
-  """Orbax CheckpointManager at ``<workdir>/checkpoints`` with items params / opt_state / meta / data.
-
-  ``params`` is a StandardSave of the params tree (what :func:`sparse_restore.checkpoint.load_model` reads),
-  ``meta`` a JSON dict ``{"step", "stage", "stage_step"}``, ``data`` the grain iterator position (one JSON file per
-  process). Saves are asynchronous for arrays; the data position is taken at save time.
-  """
-
-  def __init__(self, workdir: str, max_to_keep: int):
-    import orbax.checkpoint as ocp
-    self._ocp = ocp
-    self.directory = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
-    self.manager = ocp.CheckpointManager(
-        self.directory, item_names=CHECKPOINT_ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True))
-
-  def latest_step(self) -> Optional[int]:
-    return self.manager.latest_step()
-
-  def save(self, state: TrainState, data_iter, stage: schedules.Stage):
-    import grain.checkpoint as grain_ckpt
-    ocp = self._ocp
-    step = int(sharding.to_host(state.step))
-    meta = {"step": step, "stage": stage.index, "stage_step": step - stage.start}
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(meta), data=grain_ckpt.CheckpointSave(data_iter)))
-
-  def restore_meta(self, step: int) -> Dict[str, Any]:
-    ocp = self._ocp
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-  def restore(self, step: int, abstract_state: TrainState, data_iter=None, *, with_opt_state: bool = True):
-    """Restores params (and optimizer state and data position) of ``step`` into the shardings of
-    ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
-    import grain.checkpoint as grain_ckpt
-    ocp = self._ocp
-    items = dict(params=ocp.args.StandardRestore(abstract_state.params))
-    if with_opt_state:
-      items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
-    if data_iter is not None:
-      items["data"] = grain_ckpt.CheckpointRestore(data_iter)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises many exception types for structure/shape mismatches.
-      raise checkpoint.CheckpointError(
-          f"{self.directory}/{step}: could not restore the training state ({type(e).__name__}: {e})") from None
-    return restored
-
-  def wait(self):
-    self.manager.wait_until_finished()
-
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-# ################################################################################################################
 #                                                   Helpers
 # ################################################################################################################
-
-
-def data_config_for(config: ml_collections.ConfigDict, workdir: str, patch_size: Optional[int] = None):
-  """An unlocked copy of ``config.data`` with ``data_dir`` resolved ('' -> <workdir>/tfds)."""
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  if not data.get("data_dir"):
-    data.data_dir = os.path.join(workdir, "tfds")
-  if patch_size is not None:
-    data.patch_size = int(patch_size)
-  return data
-
-
-# A barrier may wait this long: dataset preparation and compiling a full-size train step take minutes on a CPU.
-BARRIER_TIMEOUT_S = 3600
-
-
-def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S):
-  """Barrier over all processes on the ``jax.distributed`` coordination service (each name used once).
-
-  Not ``multihost_utils.sync_global_devices``: that is a collective, and on CPU the first collective of a device
-  set (Gloo) gives up when the processes arrive more than 30 s apart.
-  """
-  from orbax.checkpoint import multihost
-  multihost.sync_global_processes(name, timeout=timeout_s)
 
 
 def compile_on_all_processes(step_fn, args, name: str):
@@ -254,19 +141,8 @@ def compile_on_all_processes(step_fn, args, name: str):
   finishes compiling more than 30 s after another, which a loaded machine easily causes.
   """
   compiled = step_fn.lower(*args).compile()
-  wait_for_all_processes(name)
+  sharding.wait_for_all_processes(name)
   return compiled
-
-
-def prepare_data(data_config, workdir: str):
-  """Builds the dataset if needed: process 0 first, the others after a barrier (the build is idempotent)."""
-  from sparse_restore import input_pipeline
-  if jax.process_index() == 0:
-    input_pipeline.prepare(data_config, workdir=workdir)
-  if jax.process_count() > 1:
-    wait_for_all_processes("sparse_restore:data_prepared")
-    if jax.process_index() > 0:
-      input_pipeline.prepare(data_config, workdir=workdir)
 
 
 def _hide_gpus_from_tf():
@@ -301,7 +177,7 @@ def _flat_hparams(config) -> Dict[str, Any]:
   return out
 
 
-def _check_finite(step: int, metrics: Dict[str, float], ckpts: "Checkpoints"):
+def _check_finite(step: int, metrics: Dict[str, float], ckpts: checkpoint.Checkpoints):
   """Raises :class:`NonFiniteLossError` naming ``step`` (the update that produced ``metrics``, 1-based like the
   checkpoint and TensorBoard step numbers) if the loss or gradient norm is NaN/inf."""
   loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -344,10 +220,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     stop_at_step: stop (with a checkpoint) once this many steps are done, as if the job had been interrupted
       there; the schedule is still that of the full run and a later call resumes. None = train to the end.
 
-  Raises :class:`NonFiniteLossError` if the loss diverges and :class:`ModelMismatchError` if the workdir belongs to
-  another network.
+  Raises :class:`NonFiniteLossError` if the loss diverges and :class:`sparse_restore.checkpoint.ModelMismatchError`
+  if the workdir belongs to another network.
   """
-  from sparse_restore import evaluation, input_pipeline
+  from sparse_restore import input_pipeline, model_eval
   from clu import periodic_actions
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -365,17 +241,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   arch = config.model.name
   description = describe_model(eval_module)
   os.makedirs(workdir, exist_ok=True)
-  has_json = check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
+  has_json = checkpoint.check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
   if checkpoint.latest_step(workdir) is not None and not has_json:
-    raise ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check that they "
-                             "belong to this config's model")
-  ckpts = Checkpoints(workdir, config.max_checkpoints_to_keep)
+    raise checkpoint.ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check "
+                                        "that they belong to this config's model")
+  ckpts = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
   latest = ckpts.latest_step()
   if jax.process_index() == 0 and not has_json:
     checkpoint.write_model_json(workdir, arch, description, source="sparse_restore.train")
 
-  data_config = data_config_for(config, workdir)
-  prepare_data(data_config, workdir)
+  data_config = input_pipeline.resolve_data_config(config.data, workdir)  # the one resolution of data_dir
+  input_pipeline.prepare_on_all_processes(data_config)
   writer = create_writer(workdir)
   logging.info("Process %d/%d, %d local / %d global devices; %d stage(s), %d steps; workdir %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(), mesh.devices.size,
@@ -409,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     return TrainResult(TrainState(step=step_array(start), params=restored["params"], opt_state=None))
   if latest is None:
     if config.get("init_from"):
-      params = load_init_params(config.init_from, arch, abstract.params, mesh)
+      params = checkpoint.load_init_params(config.init_from, arch, abstract.params, mesh)
       opt_state = jax.jit(tx.init, out_shardings=repl)(params)
       state = TrainState(step=step_array(0), params=params, opt_state=opt_state)
     else:
@@ -456,7 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     # inside the next step's collective (on CPU, Gloo fails when a peer is more than 30 s late).
     result = evaluate_on_process_0(step, params) if jax.process_index() == 0 else None
     if jax.process_count() > 1:
-      wait_for_all_processes(f"sparse_restore:evaluated:{step}")
+      sharding.wait_for_all_processes(f"sparse_restore:evaluated:{step}")
     return result
 
   def evaluate_on_process_0(step, params):
@@ -467,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       eval_apply.append(restore.make_apply_fn(eval_module, params))
     out_dir = os.path.join(workdir, "eval", str(step))
     with report.timed("eval"):
-      result = evaluation.evaluate(
+      result = model_eval.evaluate(
           eval_module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
           save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
           num_samples=config.eval.num_summary_images, step=step, apply_fn=eval_apply[0])
@@ -483,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       if stage.index != start_stage.index:
         tx, schedule = create_optimizer(config, stage)
         state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
-      stage_data = data_config_for(config, workdir, patch_size=stage.patch_size)
+      stage_data = ml_collections.ConfigDict(dict(data_config.to_dict(), patch_size=int(stage.patch_size)))
       make_dataset = train_dataset_fn or input_pipeline.train_dataset
       ds = make_dataset(stage_data, global_batch_size=stage.batch_size, seed=config.seed + stage.index,
                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -541,63 +417,3 @@ def _check_batch(local, local_bs: int, patch: int):
   if shape != (local_bs, patch, patch, 3) or tuple(np.shape(local["target"])) != shape:
     raise ValueError(f"input pipeline returned input {shape} / target {tuple(np.shape(local['target']))}, expected "
                      f"({local_bs}, {patch}, {patch}, 3) per process")
-
-
-def load_init_params(path: str, arch: str, abstract_params, mesh):
-  """Params of an exported model or training workdir at ``path``, checked against the config's network."""
-  _, params, info = checkpoint.load_model(path)
-  if info["arch"] != arch:
-    raise ModelMismatchError(f"config.init_from={path} holds a {info['arch']!r} model; the config trains {arch!r}")
-  want = jax.tree_util.tree_structure(abstract_params)
-  got = jax.tree_util.tree_structure(params)
-  if want != got:
-    raise ModelMismatchError(f"config.init_from={path}: parameter tree does not match the config's model "
-                             f"({info['config']} vs config.model)")
-  for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree_util.tree_leaves(params)):
-    if tuple(a.shape) != tuple(np.shape(b)):
-      raise ModelMismatchError(f"config.init_from={path}: {jax.tree_util.keystr(kp)} has shape {np.shape(b)}, "
-                               f"the config's model needs {a.shape}")
-  logging.info("Initialised params from %s (%s).", path, info["arch"])
-  return sharding.replicate(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), mesh)
-
-
-# ################################################################################################################
-#                                               Evaluate mode
-# ################################################################################################################
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, checkpoint_path: Optional[str] = None,
-                        step: Optional[int] = None):
-  """Evaluates a model on ``config.data``'s eval split with the dataset's protocol (full images).
-
-  The model is ``checkpoint_path`` (an exported/converted model or a training workdir) if given, else the newest
-  (or ``step``) checkpoint of ``workdir``, else ``config.init_from``. Results go to ``<workdir>/eval/<step>/``
-  (``eval/pretrained/`` for an exported model). Returns the :class:`evaluation.EvalResult` (process 0; None on
-  the others).
-  """
-  from sparse_restore import evaluation
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  source = checkpoint_path
-  if not source:
-    if checkpoint.latest_step(workdir) is not None:
-      source = workdir
-    elif config.get("init_from"):
-      source = config.init_from
-    else:
-      raise ValueError(f"nothing to evaluate: {workdir} has no checkpoints/ and neither --checkpoint nor "
-                       "config.init_from is set")
-  module, params, info = checkpoint.load_model(source, step=step)
-  tag = str(info["step"]) if "step" in info else "pretrained"
-  data_config = data_config_for(config, workdir)
-  prepare_data(data_config, workdir)
-  if jax.process_index() != 0:
-    return None
-  out_dir = os.path.join(workdir, "eval", tag)
-  logging.info("Evaluating %s (%s, %s) on %s/%s -> %s", source, info["arch"], tag, data_config.name,
-               data_config.eval_split, out_dir)
-  result = evaluation.evaluate(
-      module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
-      save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
-      step=info.get("step"), source=source)
-  return result

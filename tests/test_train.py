@@ -283,7 +283,7 @@ def test_refuses_to_resume_a_different_model(reference_run, tiny_data):
   ref_dir, _ = reference_run
   before = sorted(os.listdir(os.path.join(ref_dir, "checkpoints")))
   cfg = tiny_config(tiny_data, **{"model.dim": 16})
-  with pytest.raises(train.ModelMismatchError, match=r"dim: 8 in the workdir vs 16 in the config"):
+  with pytest.raises(checkpoint.ModelMismatchError, match=r"dim: 8 in the workdir vs 16 in the config"):
     train.train_and_evaluate(cfg, ref_dir)
   assert sorted(os.listdir(os.path.join(ref_dir, "checkpoints"))) == before
 
@@ -296,14 +296,14 @@ def test_init_from_loads_exported_params(reference_run, tiny_data, tmp_path):
   cfg = tiny_config(tiny_data)
   mesh = sharding.make_mesh()
   abstract = models.abstract_params(train.create_model(cfg))
-  loaded = train.load_init_params(export, "drsformer", abstract, mesh)
+  loaded = checkpoint.load_init_params(export, "drsformer", abstract, mesh)
   assert_trees_equal(host_params(loaded), params)
   cfg16 = tiny_config(tiny_data, **{"model.dim": 16})
   abstract16 = models.abstract_params(train.create_model(cfg16))
-  with pytest.raises(train.ModelMismatchError, match="has shape"):
-    train.load_init_params(export, "drsformer", abstract16, mesh)
-  with pytest.raises(train.ModelMismatchError, match="holds a 'drsformer' model"):
-    train.load_init_params(export, "ast", abstract, mesh)
+  with pytest.raises(checkpoint.ModelMismatchError, match="has shape"):
+    checkpoint.load_init_params(export, "drsformer", abstract16, mesh)
+  with pytest.raises(checkpoint.ModelMismatchError, match="holds a 'drsformer' model"):
+    checkpoint.load_init_params(export, "ast", abstract, mesh)
 
 
 @pytest.mark.slow

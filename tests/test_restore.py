@@ -11,11 +11,12 @@ from sparse_restore import restore
 
 
 class LocalNet(nn.Module):
-  """Three 3x3 convolutions: receptive-field radius 3, no global statistics."""
+  """Three 3x3 convolutions: receptive-field radius 3, no global statistics. Called like the registry's networks
+  (``train`` keyword, ignored)."""
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     h = jnp.tanh(nn.Conv(8, (3, 3), dtype=self.dtype)(x))
     h = jnp.tanh(nn.Conv(8, (3, 3), dtype=self.dtype)(h))
     return x + nn.Conv(3, (3, 3), dtype=self.dtype)(h)

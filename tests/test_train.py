@@ -288,24 +288,6 @@ def test_refuses_to_resume_a_different_model(reference_run, tiny_data):
   assert sorted(os.listdir(os.path.join(ref_dir, "checkpoints"))) == before
 
 
-def test_init_from_loads_exported_params(reference_run, tiny_data, tmp_path):
-  """config.init_from reads an exported model (or a workdir) and checks it against the config's network."""
-  ref_dir, ref = reference_run
-  module, params, info = checkpoint.load_model(ref_dir)
-  export = checkpoint.save_model(str(tmp_path / "export"), info["arch"], info["config"], params)
-  cfg = tiny_config(tiny_data)
-  mesh = sharding.make_mesh()
-  abstract = models.abstract_params(train.create_model(cfg))
-  loaded = checkpoint.load_init_params(export, "drsformer", abstract, mesh)
-  assert_trees_equal(host_params(loaded), params)
-  cfg16 = tiny_config(tiny_data, **{"model.dim": 16})
-  abstract16 = models.abstract_params(train.create_model(cfg16))
-  with pytest.raises(checkpoint.ModelMismatchError, match="has shape"):
-    checkpoint.load_init_params(export, "drsformer", abstract16, mesh)
-  with pytest.raises(checkpoint.ModelMismatchError, match="holds a 'drsformer' model"):
-    checkpoint.load_init_params(export, "ast", abstract, mesh)
-
-
 @pytest.mark.slow
 def test_multi_stage_run_resumes_exactly(tiny_data, tmp_path):
   """Progressive training: two stages (the second with other patches, batch and lr, fresh optimizer and data

@@ -312,15 +312,15 @@ TRAIN = [
     remove rain; the demo configuration on a TPU gains several dB.
     """),
     ("code", '''
-    from sparse_restore import checkpoint, evaluation, imageio, input_pipeline, metrics, restore
+    from sparse_restore import checkpoint, imageio, input_pipeline, metrics, model_eval, restore
 
     module, params, info = checkpoint.load_model(WORKDIR)
     print(f"loaded {info['arch']} at step {info['step']} from {WORKDIR}")
     apply_fn = restore.make_apply_fn(module, params)
     multiple = restore.model_multiple(module)
 
-    data_config = train.data_config_for(config, WORKDIR)
-    protocol = evaluation.protocol_of(data_config)  # {'protocol': 'restormer', 'channel': 'y'} for this data
+    data_config = input_pipeline.resolve_data_config(config.data, WORKDIR)
+    protocol = model_eval.protocol_of(data_config)  # {'protocol': 'restormer', 'channel': 'y'} for this data
     examples = input_pipeline.eval_dataset(data_config, max_images=2 if SMALL else 4)
 
     fig, axes = plt.subplots(len(examples), 3, figsize=(10, 3.4 * len(examples)), squeeze=False)

@@ -16,6 +16,8 @@ one call, all threads: robust to other load on a shared machine), ``runs``, ``co
 ``fraction_of_peak``. ``host_malloc`` says whether glibc kept freed memory for reuse (``reuse``, the default via
 :mod:`sparse_restore.host_memory`) or ran with its defaults (``system``, ``--system-malloc``).
 
+``train`` mode times the step training runs (``train.make_train_step``: forward with ``train=True`` so AST's
+drop-path is on, L1 loss, backward, global-norm clipping, AdamW; jitted, state donated) on one device.
 ``max-batch`` mode asks XLA, without running anything, how much memory the compiled train step needs
 (arguments + outputs + temporaries, minus donated/aliased buffers) for growing batch sizes, and reports the
 largest batch that fits in ``--memory-gb``; ``--check`` additionally runs that batch once and reports peak RSS.
@@ -32,7 +34,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -88,14 +90,15 @@ def _cost_gflop(compiled) -> Optional[float]:
     return None
 
 
-def random_params(module, sample, seed: int = 0):
-  """Random float32 params of the right shapes, without compiling ``module.init``.
+def random_params(module, seed: int = 0):
+  """Random float32 params of the right shapes (:func:`sparse_restore.models.abstract_params`), without
+  compiling ``module.init``.
 
   Timing does not depend on the values, and ``jax.jit(module.init)`` spends minutes of XLA:CPU compile time
   on one threefry kernel per parameter tensor. Kernels get PyTorch's default uniform(+-1/sqrt(fan_in)) scale,
   vectors (biases, norms, scalars) ones / small values, so activations stay in a realistic range.
   """
-  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(seed), sample)["params"]
+  shapes = models.abstract_params(module)
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -124,28 +127,42 @@ def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_im
 
 def make_forward(module):
   def forward(params, x):
-    return module.apply({"params": params}, x)
+    return module.apply({"params": params}, x, train=False)
   return jax.jit(forward)
 
 
-def make_train_step(module, *, lr: float = 3e-4, weight_decay: float = 1e-4, clip: float = 0.01):
-  """A full train step (forward, L1 loss, backward, global-norm clip, AdamW) with donated state.
+# The optimizer of the published DRSformer recipe (configs/default.py, BasicSR's Deraining.yml): global-norm
+# clipping to 0.01, then AdamW; L1 loss. The lr is constant here: its value does not change what a step costs.
+TRAIN_RECIPE = {"lr": 3e-4, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4, "grad_clip_norm": 0.01,
+                "loss": "l1"}
 
-  Uses the training module's step when available so that the benchmark measures what training runs.
+
+def make_train_step(module, *, batch: int, size: int):
+  """The training module's own step (:func:`sparse_restore.train.make_train_step`: forward with ``train=True``,
+  loss, backward, clipping, AdamW; jitted, state donated) on a one-device mesh, with an optimizer built the way
+  training builds it (:func:`sparse_restore.train.create_optimizer` on :data:`TRAIN_RECIPE`).
+
+  Returns ``(init_state, step, place)``: ``init_state(params)`` -> a ``TrainState``, ``step(state, batch, rng)``
+  -> ``(state, metrics)``, and ``place(tree, batch_sharded)`` puts a value where the step expects it.
   """
-  import optax
-  tx = optax.chain(optax.clip_by_global_norm(clip), optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=weight_decay))
+  import ml_collections
+  from sparse_restore import losses, schedules, sharding, train
 
-  def step(params, opt_state, x, y):
-    def loss_fn(p):
-      out = module.apply({"params": p}, x)
-      return jnp.mean(jnp.abs(out.astype(jnp.float32) - y))
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, loss
+  config = ml_collections.ConfigDict(TRAIN_RECIPE)
+  stage = schedules.Stage(index=0, start=0, num_steps=1, patch_size=size, batch_size=batch, lr=config.lr,
+                          schedule="constant")
+  tx, schedule = train.create_optimizer(config, stage)
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  step = train.make_train_step(mesh, module=module, tx=tx, schedule=schedule, loss_fn=losses.get(config.loss),
+                               stage_start=0)
 
-  return tx, jax.jit(step, donate_argnums=(0, 1))
+  def init_state(params):
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  def place(tree, batch_sharded: bool = False):
+    return jax.device_put(tree, sharding.data_sharded(mesh) if batch_sharded else sharding.replicated(mesh))
+
+  return init_state, step, place
 
 
 def _time_calls(fn, args, runs: int, *, carry_state: bool):
@@ -158,7 +175,7 @@ def _time_calls(fn, args, runs: int, *, carry_state: bool):
     times.append(time.perf_counter() - t0)
     cpu_times.append(time.process_time() - c0)
     if carry_state:  # train step: feed the donated state back in
-      args = (out[0], out[1]) + tuple(args[2:])
+      args = (out[0],) + tuple(args[1:])
   return times, cpu_times
 
 
@@ -173,9 +190,7 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
   h, w = size, width or size
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
-  side = 2 * max(getattr(module, "size_multiple", 8), 8)
-  init_x = jnp.zeros((1, side, side, 3), jnp.float32)
-  params = random_params(module, init_x)
+  params = random_params(module)
   n_params = int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
   if mode == "forward":
@@ -183,8 +198,8 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
     args = (params, x)
   elif mode == "train":
     y = jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32))
-    tx, fn = make_train_step(module)
-    args = (params, tx.init(params), x, y)
+    init_state, fn, place = make_train_step(module, batch=batch, size=h)
+    args = (place(jax.jit(init_state)(params)), place({"input": x, "target": y}, True), place(jax.random.key(0)))
   else:
     raise ValueError(f"unknown mode {mode!r}")
 
@@ -196,7 +211,7 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
   jax.block_until_ready(out)
   first_call_s = time.perf_counter() - t0
   if mode == "train":
-    args = (out[0], out[1]) + args[2:]
+    args = (out[0],) + args[1:]
   times, cpu_times = _time_calls(compiled, args, runs, carry_state=(mode == "train"))
   median = statistics.median(times)
   gflop = _cost_gflop(compiled)
@@ -229,11 +244,10 @@ def train_memory_bytes(name: str, *, size: int, batch: int, remat: bool, dtype: 
   arch, config = model_config(name, preset, model_kwargs)
   module = build(arch, config, dtype=dtype, remat=remat, policy_overrides=policy_overrides)
   x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  init_x = jnp.zeros((1, 16, 16, 3), jnp.float32)
-  params = jax.eval_shape(module.init, jax.random.PRNGKey(0), init_x)["params"]
-  tx, step = make_train_step(module)
-  opt_state = jax.eval_shape(tx.init, params)
-  compiled = step.lower(params, opt_state, x, x).compile()
+  init_state, step, _ = make_train_step(module, batch=batch, size=size)
+  state = jax.eval_shape(init_state, models.abstract_params(module))
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  compiled = step.lower(state, {"input": x, "target": x}, rng).compile()
   m = compiled.memory_analysis()
   total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
            - m.alias_size_in_bytes)

@@ -7,8 +7,10 @@ An *exported model* is a directory::
     DIR/params/      Orbax checkpoint of the Flax ``params`` tree (float32)
 
 A *training workdir* (see ``sparse_restore.train``) holds the same ``model.json`` next to an Orbax
-``CheckpointManager`` directory ``checkpoints/<step>/`` whose item ``params`` is the same tree. :func:`load_model`
-accepts either, so ``infer``/``evaluate`` work on converted weights and on training runs alike.
+``CheckpointManager`` directory ``checkpoints/<step>/`` (:class:`Checkpoints`) whose item ``params`` is the same
+tree. :func:`load_model` accepts either, so ``infer``/``evaluate`` work on converted weights and on training runs
+alike. Training also checks a workdir's ``model.json`` against its config here (:func:`check_model_json`,
+:class:`ModelMismatchError`) and loads ``config.init_from`` (:func:`load_init_params`).
 """
 from __future__ import annotations
 
@@ -20,20 +22,26 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from sparse_restore import models, sharding
 from sparse_restore.models import policy as policy_lib
 
 MODEL_JSON = "model.json"
 PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")  # items of a training workdir's checkpoints/<step>/
 FORMAT = "sparse_restore.model"
 VERSION = 1
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory is missing, incomplete or inconsistent; the message names the path."""
+
+
+class ModelMismatchError(ValueError):
+  """The workdir's model.json describes a different network than the config."""
 
 
 def _ocp():
@@ -205,18 +213,9 @@ def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, ove
 def build_module(info: Dict[str, Any], **overrides):
   """The Flax module described by a ``model.json`` dict; ``overrides`` replace constructor arguments
   (e.g. ``policy``)."""
-  from sparse_restore import models
   config = dict(info["config"])
   config.update(overrides)
   return models.create(info["arch"], **config)
-
-
-def abstract_params(module, channels: int = 3):
-  """Shapes/dtypes of ``module``'s parameters, without allocating them."""
-  m = getattr(module, "size_multiple", 8)
-  side = max(m, 8)
-  x = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros(x.shape, x.dtype)))["params"]
 
 
 def _restore_target(abstract):
@@ -246,7 +245,7 @@ def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy
     raise CheckpointError(f"{path}: no such checkpoint directory")
   info = read_model_json(path)
   module = build_module(info, policy=policy or policy_lib.for_device(), **overrides)
-  target = _restore_target(abstract_params(module))
+  target = _restore_target(models.abstract_params(module))
   ocp = _ocp()
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
     try:
@@ -264,6 +263,109 @@ def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy
     raise CheckpointError(f"{path}: could not restore params of step {step}: {e}") from None
   info = dict(info, step=int(step))
   return module, restored["params"], info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training workdirs: model.json checks, the Orbax CheckpointManager, initialisation from a saved model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
+  """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
+
+  Returns whether the file exists.
+  """
+  if not os.path.isfile(os.path.join(workdir, MODEL_JSON)):
+    return False
+  info = read_model_json(workdir)
+  old_arch, old = info["arch"], info["config"]
+  if old_arch == arch and old == description:
+    return True
+  if old_arch != arch:
+    diff = f"arch {old_arch!r} in the workdir vs {arch!r} in the config"
+  else:
+    keys = sorted(set(old) | set(description))
+    diff = ", ".join(f"{k}: {old.get(k, '<unset>')!r} in the workdir vs {description.get(k, '<unset>')!r} in the config"
+                     for k in keys if old.get(k) != description.get(k))
+  raise ModelMismatchError(
+      f"{os.path.join(workdir, MODEL_JSON)} describes a different model than the config ({diff}). "
+      "Refusing to resume: use a new --workdir, or set the config back to the workdir's model.")
+
+
+def load_init_params(path: str, arch: str, abstract_params, mesh):
+  """Params of an exported model or training workdir at ``path``, checked against the config's network."""
+  _, params, info = load_model(path)
+  if info["arch"] != arch:
+    raise ModelMismatchError(f"config.init_from={path} holds a {info['arch']!r} model; the config trains {arch!r}")
+  want = jax.tree_util.tree_structure(abstract_params)
+  got = jax.tree_util.tree_structure(params)
+  if want != got:
+    raise ModelMismatchError(f"config.init_from={path}: parameter tree does not match the config's model "
+                             f"({info['config']} vs config.model)")
+  for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree_util.tree_leaves(params)):
+    if tuple(a.shape) != tuple(np.shape(b)):
+      raise ModelMismatchError(f"config.init_from={path}: {jax.tree_util.keystr(kp)} has shape {np.shape(b)}, "
+                               f"the config's model needs {a.shape}")
+  logging.info("Initialised params from %s (%s).", path, info["arch"])
+  return sharding.replicate(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), mesh)
+
+
+class Checkpoints:
+  """Orbax CheckpointManager at ``<workdir>/checkpoints`` with items params / opt_state / meta / data.
+
+  ``params`` is a StandardSave of the params tree (what :func:`sparse_restore.checkpoint.load_model` reads),
+  ``meta`` a JSON dict ``{"step", "stage", "stage_step"}``, ``data`` the grain iterator position (one JSON file per
+  process). Saves are asynchronous for arrays; the data position is taken at save time.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int):
+    ocp = self._ocp = _ocp()
+    self.directory = os.path.join(workdir, CHECKPOINTS_DIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory, item_names=CHECKPOINT_ITEMS,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def save(self, state, data_iter, stage):
+    """Saves ``state`` (a ``train.TrainState``), the position of ``data_iter`` and ``stage`` (a
+    ``schedules.Stage``) as step ``state.step``."""
+    import grain.checkpoint as grain_ckpt
+    ocp = self._ocp
+    step = int(sharding.to_host(state.step))
+    meta = {"step": step, "stage": stage.index, "stage_step": step - stage.start}
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+        meta=ocp.args.JsonSave(meta), data=grain_ckpt.CheckpointSave(data_iter)))
+
+  def restore_meta(self, step: int) -> Dict[str, Any]:
+    ocp = self._ocp
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, step: int, abstract_state, data_iter=None, *, with_opt_state: bool = True):
+    """Restores params (and optimizer state and data position) of ``step`` into the shardings of
+    ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
+    import grain.checkpoint as grain_ckpt
+    ocp = self._ocp
+    items = dict(params=ocp.args.StandardRestore(abstract_state.params))
+    if with_opt_state:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
+    if data_iter is not None:
+      items["data"] = grain_ckpt.CheckpointRestore(data_iter)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # Orbax raises many exception types for structure/shape mismatches.
+      raise CheckpointError(
+          f"{self.directory}/{step}: could not restore the training state ({type(e).__name__}: {e})") from None
+    return restored
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
 
 
 def _jsonable(obj):

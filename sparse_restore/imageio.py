@@ -18,14 +18,20 @@
   *grayscale* file on its gray values directly, not on rgb2ycbcr of the replicated gray; the benchmarks are
   RGB so this does not arise there.
 
-* :func:`write_png` -- clamp to [0, 1], multiply by 255, **round** (half up; truncation costs 0.1-0.2 dB near
-  40 dB), save an 8-bit RGB PNG atomically (temporary file + rename).
+* :func:`read_encoded_rgb8` -- an 8-bit image as encoded RGB bytes, for the datasets: an 8-bit RGB PNG/JPEG
+  file's own bytes, anything else re-encoded as PNG (same channel rules; pixels as stored, no EXIF rotation).
 
-* :func:`list_images` -- image files of a folder by extension, in natural order (``2.png`` before ``10.png``).
+* :func:`write_png` -- clamp to [0, 1], multiply by 255, **round** (half up; truncation costs 0.1-0.2 dB near
+  40 dB), save an 8-bit RGB PNG atomically (temporary file + rename). :func:`encode_png`: the PNG bytes.
+
+* :func:`list_images` -- image files of a folder by extension (:data:`IMAGE_EXTENSIONS`), in natural order
+  (:func:`natural_key`: ``2.png`` before ``10.png``). The datasets, the inference and the scoring CLIs all
+  list folders with it.
 * :func:`check_no_overwrite` -- refuses output paths that are the same files as inputs.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import struct
@@ -285,9 +291,56 @@ def read_uint8_rgb(path: str) -> np.ndarray:
   return to_uint8(read_image(path))
 
 
+def read_encoded_rgb8(path) -> Tuple[bytes, Tuple[int, int]]:
+  """An 8-bit image file as encoded RGB bytes and its ``(width, height)``, for storing in a dataset.
+
+  An 8-bit RGB PNG or JPEG comes back as the file's own bytes (an exact round trip); any other 8-bit image
+  (grey, palette, RGBA/LA with the alpha dropped, CMYK, BMP, TIFF, WebP, ...) gets :func:`read_uint8_rgb`'s
+  channel rules and is re-encoded as PNG. Pixels are taken as stored, without EXIF orientation: the file bytes
+  kept for RGB PNG/JPEG carry the orientation only as metadata, which the dataset's decoder does not apply,
+  so the re-encoded files follow the same rule.
+
+  Raises:
+    ImageReadError: the file cannot be read or decoded, or has more than 8 bits per channel (a dataset stores
+      8-bit images; reducing them here would silently lose precision).
+  """
+  from PIL import Image
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ImageReadError(f"{path}: {'not a file' if os.path.exists(path) else 'no such file'}")
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+    with Image.open(io.BytesIO(data)) as im:
+      deep = _is_16bit_colour(im)  # Pillow would hand out such files reduced to 8 bits.
+      fmt, mode, size = im.format, im.mode, im.size
+      im.load()
+      if mode == "RGB" and fmt in ("PNG", "JPEG") and not deep:
+        return data, size
+      arr = _pil_to_array(im)
+  except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ValueError...
+    raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+  if deep or arr.dtype != np.uint8:
+    raise ImageReadError(f"{path}: unsupported image mode {mode}{' (16-bit colour)' if deep else ''}; only "
+                         f"8-bit images are supported")
+  try:
+    arr = _normalize_channels(arr)
+  except ValueError as e:
+    raise ImageReadError(f"{path}: {e}") from None
+  return encode_png(arr), size
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------------
+
+
+def encode_png(array, *, compress_level: int = 6) -> bytes:
+  """PNG bytes of a uint8 ``HxW`` / ``HxWx3`` array (Pillow; 6 is Pillow's default level, 1 is faster)."""
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(array, np.uint8)).save(buf, format="PNG", compress_level=compress_level)
+  return buf.getvalue()
 
 
 def to_uint8(img) -> np.ndarray:

@@ -1,19 +1,20 @@
 """Input pipeline: grain over TFDS array_record data sources (no TensorFlow needed).
 
-    builder = input_pipeline.prepare(config.data, workdir=workdir)        # builds the data once
-    train_ds = input_pipeline.train_dataset(config.data, global_batch_size=16, seed=0,
+    data_config = input_pipeline.resolve_data_config(config.data, workdir)  # data_dir '' -> <workdir>/tfds
+    builder = input_pipeline.prepare(data_config)                          # builds the data once
+    train_ds = input_pipeline.train_dataset(data_config, global_batch_size=16, seed=0,
                                             process_index=jax.process_index(), process_count=jax.process_count())
     it = iter(train_ds); batch = next(it)          # {'input': f32[B, P, P, 3], 'target': f32[B, P, P, 3]} in [0, 1]
     state = it.get_state(); ...; it.set_state(state)   # checkpoint/resume the exact stream
-    for ex in input_pipeline.eval_dataset(config.data):   # {'name': str, 'input': f32[H, W, 3], 'target': ...}
+    for ex in input_pipeline.eval_dataset(data_config):   # {'name': str, 'input': f32[H, W, 3], 'target': ...}
       ...
 
 ``data_config`` (an ``ml_collections.ConfigDict``; see :func:`default_data_config`) fields:
   name: registry name of the dataset ('rain200h', 'rain200l', 'did', 'ddn', 'spa', 'agan', 'densehaze',
     'synthetic_rain'); ``sparse_restore.datasets.get_spec(name)`` gives its evaluation protocol and channel.
-  data_dir: TFDS data directory holding the prepared array_record files. '' means ``<workdir>/tfds`` when
-    :func:`prepare` is given a workdir (prepare then writes that path back into ``data_config.data_dir`` so the
-    dataset functions called after it read the same folder), else $TFDS_DATA_DIR or ~/tensorflow_datasets.
+  data_dir: TFDS data directory holding the prepared array_record files. The jobs (training, evaluate mode)
+    resolve '' to ``<workdir>/tfds`` once, with :func:`resolve_data_config`, and pass the resolved copy on; the
+    functions here take ``data_dir`` as given ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
   manual_dir: folder with the authors' raw split folders (e.g. ``train/input``, ``train/target``, ``test/...``),
     needed only the first time a manually downloaded dataset is prepared; ignored for 'synthetic_rain'.
   train_split: TFDS split to train on ('train'; TFDS slicing such as 'train[:90%]' works).
@@ -78,13 +79,21 @@ def _get(cfg, key, default):
   return default if value is None else value
 
 
-def _data_dir(data_config, workdir: Optional[str] = None) -> Optional[str]:
+def resolve_data_config(data_config, workdir: str) -> ml_collections.ConfigDict:
+  """An unlocked copy of ``data_config`` whose ``data_dir`` is a path: '' -> ``<workdir>/tfds``, '~' expanded.
+
+  The one place ``data_dir`` is resolved; the jobs call it once at their start and pass the copy on (nothing is
+  written back into the caller's config).
+  """
+  data = ml_collections.ConfigDict(data_config.to_dict())
+  d = _get(data, "data_dir", "")
+  data.data_dir = os.path.expanduser(os.fspath(d)) if d else os.path.join(os.fspath(workdir), "tfds")
+  return data
+
+
+def _data_dir(data_config) -> Optional[str]:
   d = _get(data_config, "data_dir", "")
-  if d:
-    return os.path.expanduser(os.fspath(d))
-  if workdir:
-    return os.path.join(os.fspath(workdir), "tfds")
-  return None  # TFDS default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  return os.path.expanduser(os.fspath(d)) if d else None  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
 
 
 def _builder(data_config) -> datasets.RestorationBuilder:
@@ -95,30 +104,34 @@ def _builder(data_config) -> datasets.RestorationBuilder:
   if not builder.is_prepared():
     raise datasets.DatasetError(
         f"dataset {name!r} is not prepared in {builder.data_dir}; call "
-        f"input_pipeline.prepare(config.data, workdir=...) first, or build it with "
+        f"input_pipeline.prepare(data_config) first, or build it with "
         f"`tfds build data/{name} --manual_dir <raw folders> --data_dir {builder.data_dir_root}`")
   return builder
 
 
-def prepare(data_config, *, workdir: Optional[str] = None) -> datasets.RestorationBuilder:
-  """Makes sure the array_record files of ``data_config.name`` exist and returns the builder.
+def prepare(data_config) -> datasets.RestorationBuilder:
+  """Makes sure the array_record files of ``data_config.name`` exist in ``data_config.data_dir`` and returns the
+  builder.
 
   Builds them from ``data_config.manual_dir`` (or generates 'synthetic_rain') the first time; afterwards it only
-  checks that they are there. When ``data_config.data_dir`` is '' and ``workdir`` is given, the data go to
-  ``<workdir>/tfds`` and that path is written back into ``data_config.data_dir``.
+  checks that they are there.
   """
-  name = _get(data_config, "name", "")
-  data_dir = _data_dir(data_config, workdir)
-  builder = datasets.get_builder(name, data_dir=data_dir, manual_dir=_get(data_config, "manual_dir", "") or None)
-  builder.build()
-  if data_dir and not _get(data_config, "data_dir", ""):
-    try:
-      data_config.data_dir = data_dir
-    except Exception as e:  # e.g. a FrozenConfigDict
-      raise datasets.DatasetError(
-          f"prepared {name!r} in {data_dir}, but cannot record it in the data config ({e}); set data.data_dir "
-          f"to {data_dir!r} explicitly") from None
-  return builder
+  builder = datasets.get_builder(_get(data_config, "name", ""), data_dir=_data_dir(data_config),
+                                 manual_dir=_get(data_config, "manual_dir", "") or None)
+  return builder.build()
+
+
+def prepare_on_all_processes(data_config) -> None:
+  """:func:`prepare` in a (possibly multi-process) job: process 0 builds first, the others wait for it at a
+  barrier and then only find the data built (the build is idempotent)."""
+  import jax
+  from sparse_restore import sharding
+  if jax.process_index() == 0:
+    prepare(data_config)
+  if jax.process_count() > 1:
+    sharding.wait_for_all_processes("sparse_restore:data_prepared")
+    if jax.process_index() > 0:
+      prepare(data_config)
 
 
 @dataclasses.dataclass(frozen=True)

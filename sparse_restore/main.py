@@ -67,7 +67,7 @@ def main(argv):
   host_memory.keep_freed_memory()  # before JAX starts its threads; SPARSE_RESTORE_SYSTEM_MALLOC=1 opts out
   distributed = initialize_distributed()
   import jax
-  from sparse_restore import datasets, train
+  from sparse_restore import checkpoint, datasets, model_eval, sharding, train
 
   logging.info("JAX %s, process %d/%d%s, devices: %s", jax.__version__, jax.process_index(), jax.process_count(),
                " (distributed)" if distributed else "", jax.devices())
@@ -76,16 +76,17 @@ def main(argv):
     if FLAGS.mode == "train":
       result = train.train_and_evaluate(config, FLAGS.workdir)
       if jax.process_index() == 0:
-        print(f"finished training at step {int(train.sharding.to_host(result.state.step))}; workdir {FLAGS.workdir}")
+        print(f"finished training at step {int(sharding.to_host(result.state.step))}; workdir {FLAGS.workdir}")
         if result.eval is not None:
           print(result.eval.describe())
           print(f"results: {result.eval.out_dir}")
     else:
-      result = train.evaluate_checkpoint(config, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint, step=FLAGS.step)
+      result = model_eval.evaluate_checkpoint(config, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint,
+                                              step=FLAGS.step)
       if result is not None:
         print(result.describe())
         print(f"results: {result.out_dir}")
-  except (train.NonFiniteLossError, train.ModelMismatchError, train.checkpoint.CheckpointError,
+  except (train.NonFiniteLossError, checkpoint.ModelMismatchError, checkpoint.CheckpointError,
           datasets.DatasetError, ValueError) as e:
     # Expected failures (bad config values, data, checkpoints, divergence): one clear line, no traceback.
     logging.error("%s", e)

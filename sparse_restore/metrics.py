@@ -50,6 +50,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+# The scoring protocols and channels (described above). Which one a dataset uses is its spec's choice
+# (sparse_restore/datasets/specs.py), validated against these.
 PROTOCOLS = ("restormer", "rcdnet", "basicsr")
 CHANNELS = ("y", "rgb")
 
@@ -63,20 +65,6 @@ _SSIM_K = (0.01, 0.03)
 _SSIM_L = 255.0
 _WIN_SIZE = 11
 _WIN_SIGMA = 1.5
-
-# Datasets of the papers and the protocol their numbers were computed with.
-_DATASET_PROTOCOL = {
-    "rain200l": "restormer", "rain200h": "restormer", "spa-data": "restormer", "spa": "restormer",
-    "did-data": "rcdnet", "ddn-data": "rcdnet", "did": "rcdnet", "ddn": "rcdnet", "did-ddn": "rcdnet",
-}
-
-
-def protocol_for_dataset(name: str) -> str:
-  """The protocol DRSformer/AST used for a benchmark name (Rain200L/H, SPA-Data: restormer; DID/DDN: rcdnet)."""
-  key = name.strip().lower().replace("_", "-")
-  if key not in _DATASET_PROTOCOL:
-    raise ValueError(f"no known protocol for dataset {name!r}; known: {sorted(_DATASET_PROTOCOL)}")
-  return _DATASET_PROTOCOL[key]
 
 
 def _check(protocol: str, channel: str):

@@ -230,7 +230,8 @@ def _tiled_memory_message(err: InsufficientMemoryError, tile: int, batch: int) -
 
 
 class JitApply:
-  """A jitted ``x -> module.apply({'params': params}, x)`` on NHWC float32 batches (output float32).
+  """A jitted ``x -> module.apply({'params': params}, x, train=False)`` on NHWC float32 batches (output
+  float32).
 
   One executable is compiled per input shape and reused. :meth:`estimate_bytes` reports what XLA's buffer
   assignment says the executable needs (arguments + outputs + temporaries), before anything is run;
@@ -244,7 +245,7 @@ class JitApply:
       module = module.clone(policy=module.policy.replace(dtype=dtype))
     self.module = module
     self.params = jax.device_put(params)
-    self._jit = jax.jit(lambda p, x: module.apply({"params": p}, x).astype(jnp.float32))
+    self._jit = jax.jit(lambda p, x: module.apply({"params": p}, x, train=False).astype(jnp.float32))
     self._compiled: Dict[Tuple[int, ...], Any] = {}
     self._checked = set()
     self.size_multiple = model_multiple(module)

@@ -3,7 +3,7 @@
 Parameters and optimizer state are replicated; batches are split along their first dimension. Each process loads
 only its own share of a global batch (``global_batch_size // process_count`` examples) and :func:`global_batch` glues
 the shares into one global ``jax.Array`` (``jax.make_array_from_process_local_data``), so the same code runs on one
-CPU, one GPU, several local devices, or several hosts.
+CPU, one GPU, several local devices, or several hosts. :func:`wait_for_all_processes` is the processes' barrier.
 """
 from __future__ import annotations
 
@@ -78,3 +78,17 @@ def to_host(tree):
     return np.asarray(x)
 
   return jax.tree_util.tree_map(get, tree)
+
+
+# A barrier may wait this long: dataset preparation and compiling a full-size train step take minutes on a CPU.
+BARRIER_TIMEOUT_S = 3600
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S):
+  """Barrier over all processes on the ``jax.distributed`` coordination service (each name used once).
+
+  Not ``multihost_utils.sync_global_devices``: that is a collective, and on CPU the first collective of a device
+  set (Gloo) gives up when the processes arrive more than 30 s apart.
+  """
+  from orbax.checkpoint import multihost
+  multihost.sync_global_processes(name, timeout=timeout_s)

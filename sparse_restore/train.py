@@ -1,7 +1,8 @@
 """Training: the train state, one jitted data-parallel update, and the loop (checkpoints, evaluation, logging).
 
-Entry points: :func:`train_and_evaluate` (``main.py --mode train``) and :func:`evaluate_checkpoint`
-(``--mode evaluate``).
+Entry point: :func:`train_and_evaluate` (``main.py --mode train``; ``--mode evaluate`` is
+:func:`sparse_restore.model_eval.evaluate_checkpoint`). Checkpoints and the workdir's ``model.json`` are handled by
+:mod:`sparse_restore.checkpoint`, evaluation by :mod:`sparse_restore.model_eval`.
 
 Layout of a workdir::
 
@@ -21,12 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
 import os
 import sys
-import time
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.struct
@@ -41,15 +40,10 @@ from sparse_restore import checkpoint, losses, models, schedules, sharding
 from sparse_restore.models import policy as policy_lib
 
 COMPUTE_DTYPES = policy_lib.COMPUTE_DTYPES
-CHECKPOINT_ITEMS = ("params", "opt_state", "meta", "data")
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss (or gradient norm) became NaN/inf; the run stopped without saving the bad state."""
-
-
-class ModelMismatchError(ValueError):
-  """The workdir's model.json describes a different network than the config."""
 
 
 # ################################################################################################################
@@ -76,12 +70,13 @@ def model_policy(config: ml_collections.ConfigDict, platform: str, *, train: boo
     raise ValueError(f"config.policy: {e}") from None
 
 
-def create_model(config: ml_collections.ConfigDict, platform: str, *, train: bool = True):
-  """The network of ``config`` for devices of ``platform``; with ``train`` it gets ``compute_dtype`` and
-  ``remat`` (evaluation: float32)."""
+def create_model(config: ml_collections.ConfigDict, platform: Optional[str] = None, *, train: bool = True):
+  """The network of ``config`` for devices of ``platform`` (default: JAX's first device's); with ``train`` it
+  gets ``compute_dtype`` and ``remat`` (evaluation: float32)."""
   kw = model_kwargs(config)
   if train and config.get("remat", False):
     kw["remat"] = True
+  platform = platform or jax.devices()[0].platform
   return models.create(config.model.name, policy=model_policy(config, platform, train=train), **kw)
 
 
@@ -91,37 +86,6 @@ def describe_model(module) -> Dict[str, Any]:
   desc = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
           if f.name not in policy_lib.RUNTIME_FIELDS}
   return json.loads(json.dumps(desc, default=str))
-
-
-def apply_kwargs(module, train: bool) -> Dict[str, Any]:
-  """``train=...`` for networks whose ``__call__`` takes it (AST: drop-path), nothing for the others."""
-  try:
-    params = inspect.signature(type(module).__call__).parameters
-  except (TypeError, ValueError):
-    return {}
-  return {"train": train} if "train" in params else {}
-
-
-def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
-  """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
-
-  Returns whether the file exists.
-  """
-  if not os.path.isfile(os.path.join(workdir, checkpoint.MODEL_JSON)):
-    return False
-  info = checkpoint.read_model_json(workdir)
-  old_arch, old = info["arch"], info["config"]
-  if old_arch == arch and old == description:
-    return True
-  if old_arch != arch:
-    diff = f"arch {old_arch!r} in the workdir vs {arch!r} in the config"
-  else:
-    keys = sorted(set(old) | set(description))
-    diff = ", ".join(f"{k}: {old.get(k, '<unset>')!r} in the workdir vs {description.get(k, '<unset>')!r} in the config"
-                     for k in keys if old.get(k) != description.get(k))
-  raise ModelMismatchError(
-      f"{os.path.join(workdir, checkpoint.MODEL_JSON)} describes a different model than the config ({diff}). "
-      "Refusing to resume: use a new --workdir, or set the config back to the workdir's model.")
 
 
 # ################################################################################################################
@@ -147,20 +111,12 @@ def create_optimizer(config: ml_collections.ConfigDict, stage: schedules.Stage):
   return optax.chain(*parts), schedule
 
 
-def init_params(module, rng):
-  """Freshly initialised params (traced with a small dummy image; the parameters do not depend on its size)."""
-  side = max(int(getattr(module, "size_multiple", 8)), 8)
-  x = jnp.zeros((1, side, side, 3), jnp.float32)
-  return module.init({"params": rng, "dropout": rng}, x, **apply_kwargs(module, False))["params"]
-
-
 def train_step(state: TrainState, batch, rng, *, module, tx, schedule, loss_fn, stage_start: int):
   """One optimizer step on a (global, data-sharded) batch; returns the new state and scalar metrics."""
   step_rng = jax.random.fold_in(rng, state.step)
-  kwargs = apply_kwargs(module, True)
 
   def compute_loss(params):
-    pred = module.apply({"params": params}, batch["input"], rngs={"dropout": step_rng}, **kwargs)
+    pred = module.apply({"params": params}, batch["input"], rngs={"dropout": step_rng}, train=True)
     return loss_fn(pred, batch["target"])
 
   loss, grads = jax.value_and_grad(compute_loss)(state.params)
@@ -183,94 +139,8 @@ def _with_sharding(abstract, shard):
 
 
 # ################################################################################################################
-#                                                Checkpoints
-# ################################################################################################################
-
-
-class Checkpoints:
-  """Orbax CheckpointManager at ``<workdir>/checkpoints`` with items params / opt_state / meta / data.
-
-  ``params`` is a StandardSave of the params tree (what :func:`sparse_restore.checkpoint.load_model` reads),
-  ``meta`` a JSON dict ``{"step", "stage", "stage_step"}``, ``data`` the grain iterator position (one JSON file per
-  process). Saves are asynchronous for arrays; the data position is taken at save time.
-  """
-
-  def __init__(self, workdir: str, max_to_keep: int):
-    import orbax.checkpoint as ocp
-    self._ocp = ocp
-    self.directory = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)
-    self.manager = ocp.CheckpointManager(
-        self.directory, item_names=CHECKPOINT_ITEMS,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep or None, create=True))
-
-  def latest_step(self) -> Optional[int]:
-    return self.manager.latest_step()
-
-  def save(self, state: TrainState, data_iter, stage: schedules.Stage):
-    import grain.checkpoint as grain_ckpt
-    ocp = self._ocp
-    step = int(sharding.to_host(state.step))
-    meta = {"step": step, "stage": stage.index, "stage_step": step - stage.start}
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-        meta=ocp.args.JsonSave(meta), data=grain_ckpt.CheckpointSave(data_iter)))
-
-  def restore_meta(self, step: int) -> Dict[str, Any]:
-    ocp = self._ocp
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
-  def restore(self, step: int, abstract_state: TrainState, data_iter=None, *, with_opt_state: bool = True):
-    """Restores params (and optimizer state and data position) of ``step`` into the shardings of
-    ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
-    import grain.checkpoint as grain_ckpt
-    ocp = self._ocp
-    items = dict(params=ocp.args.StandardRestore(abstract_state.params))
-    if with_opt_state:
-      items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
-    if data_iter is not None:
-      items["data"] = grain_ckpt.CheckpointRestore(data_iter)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises many exception types for structure/shape mismatches.
-      raise checkpoint.CheckpointError(
-          f"{self.directory}/{step}: could not restore the training state ({type(e).__name__}: {e})") from None
-    return restored
-
-  def wait(self):
-    self.manager.wait_until_finished()
-
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
-
-
-# ################################################################################################################
 #                                                   Helpers
 # ################################################################################################################
-
-
-def data_config_for(config: ml_collections.ConfigDict, workdir: str, patch_size: Optional[int] = None):
-  """An unlocked copy of ``config.data`` with ``data_dir`` resolved ('' -> <workdir>/tfds)."""
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  if not data.get("data_dir"):
-    data.data_dir = os.path.join(workdir, "tfds")
-  if patch_size is not None:
-    data.patch_size = int(patch_size)
-  return data
-
-
-# A barrier may wait this long: dataset preparation and compiling a full-size train step take minutes on a CPU.
-BARRIER_TIMEOUT_S = 3600
-
-
-def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S):
-  """Barrier over all processes on the ``jax.distributed`` coordination service (each name used once).
-
-  Not ``multihost_utils.sync_global_devices``: that is a collective, and on CPU the first collective of a device
-  set (Gloo) gives up when the processes arrive more than 30 s apart.
-  """
-  from orbax.checkpoint import multihost
-  multihost.sync_global_processes(name, timeout=timeout_s)
 
 
 def compile_on_all_processes(step_fn, args, name: str):
@@ -280,19 +150,8 @@ def compile_on_all_processes(step_fn, args, name: str):
   finishes compiling more than 30 s after another, which a loaded machine easily causes.
   """
   compiled = step_fn.lower(*args).compile()
-  wait_for_all_processes(name)
+  sharding.wait_for_all_processes(name)
   return compiled
-
-
-def prepare_data(data_config, workdir: str):
-  """Builds the dataset if needed: process 0 first, the others after a barrier (the build is idempotent)."""
-  from sparse_restore import input_pipeline
-  if jax.process_index() == 0:
-    input_pipeline.prepare(data_config, workdir=workdir)
-  if jax.process_count() > 1:
-    wait_for_all_processes("sparse_restore:data_prepared")
-    if jax.process_index() > 0:
-      input_pipeline.prepare(data_config, workdir=workdir)
 
 
 def _hide_gpus_from_tf():
@@ -327,7 +186,7 @@ def _flat_hparams(config) -> Dict[str, Any]:
   return out
 
 
-def _check_finite(step: int, metrics: Dict[str, float], ckpts: "Checkpoints"):
+def _check_finite(step: int, metrics: Dict[str, float], ckpts: checkpoint.Checkpoints):
   """Raises :class:`NonFiniteLossError` naming ``step`` (the update that produced ``metrics``, 1-based like the
   checkpoint and TensorBoard step numbers) if the loss or gradient norm is NaN/inf."""
   loss, gnorm = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -370,10 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     stop_at_step: stop (with a checkpoint) once this many steps are done, as if the job had been interrupted
       there; the schedule is still that of the full run and a later call resumes. None = train to the end.
 
-  Raises :class:`NonFiniteLossError` if the loss diverges and :class:`ModelMismatchError` if the workdir belongs to
-  another network.
+  Raises :class:`NonFiniteLossError` if the loss diverges and :class:`sparse_restore.checkpoint.ModelMismatchError`
+  if the workdir belongs to another network.
   """
-  from sparse_restore import evaluation, input_pipeline
+  from sparse_restore import input_pipeline, model_eval
   from clu import periodic_actions
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -392,17 +251,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   arch = config.model.name
   description = describe_model(eval_module)
   os.makedirs(workdir, exist_ok=True)
-  has_json = check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
+  has_json = checkpoint.check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
   if checkpoint.latest_step(workdir) is not None and not has_json:
-    raise ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check that they "
-                             "belong to this config's model")
-  ckpts = Checkpoints(workdir, config.max_checkpoints_to_keep)
+    raise checkpoint.ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check "
+                                        "that they belong to this config's model")
+  ckpts = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
   latest = ckpts.latest_step()
   if jax.process_index() == 0 and not has_json:
     checkpoint.write_model_json(workdir, arch, description, source="sparse_restore.train")
 
-  data_config = data_config_for(config, workdir)
-  prepare_data(data_config, workdir)
+  data_config = input_pipeline.resolve_data_config(config.data, workdir)  # the one resolution of data_dir
+  input_pipeline.prepare_on_all_processes(data_config)
   writer = create_writer(workdir)
   logging.info("Process %d/%d, %d local / %d global devices; %d stage(s), %d steps; workdir %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(), mesh.devices.size,
@@ -423,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   tx, schedule = create_optimizer(config, start_stage)
 
   def init_state(rng):
-    params = init_params(module, rng)
+    params = models.init_params(module, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   abstract = _with_sharding(jax.eval_shape(init_state, init_rng), repl)
@@ -436,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     return TrainResult(TrainState(step=step_array(start), params=restored["params"], opt_state=None))
   if latest is None:
     if config.get("init_from"):
-      params = load_init_params(config.init_from, arch, abstract.params, mesh)
+      params = checkpoint.load_init_params(config.init_from, arch, abstract.params, mesh)
       opt_state = jax.jit(tx.init, out_shardings=repl)(params)
       state = TrainState(step=step_array(0), params=params, opt_state=opt_state)
     else:
@@ -483,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     # inside the next step's collective (on CPU, Gloo fails when a peer is more than 30 s late).
     result = evaluate_on_process_0(step, params) if jax.process_index() == 0 else None
     if jax.process_count() > 1:
-      wait_for_all_processes(f"sparse_restore:evaluated:{step}")
+      sharding.wait_for_all_processes(f"sparse_restore:evaluated:{step}")
     return result
 
   def evaluate_on_process_0(step, params):
@@ -494,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       eval_apply.append(restore.make_apply_fn(eval_module, params))
     out_dir = os.path.join(workdir, "eval", str(step))
     with report.timed("eval"):
-      result = evaluation.evaluate(
+      result = model_eval.evaluate(
           eval_module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
           save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
           num_samples=config.eval.num_summary_images, step=step, apply_fn=eval_apply[0])
@@ -510,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       if stage.index != start_stage.index:
         tx, schedule = create_optimizer(config, stage)
         state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
-      stage_data = data_config_for(config, workdir, patch_size=stage.patch_size)
+      stage_data = ml_collections.ConfigDict(dict(data_config.to_dict(), patch_size=int(stage.patch_size)))
       make_dataset = train_dataset_fn or input_pipeline.train_dataset
       ds = make_dataset(stage_data, global_batch_size=stage.batch_size, seed=config.seed + stage.index,
                         process_index=jax.process_index(), process_count=jax.process_count())
@@ -568,63 +427,3 @@ def _check_batch(local, local_bs: int, patch: int):
   if shape != (local_bs, patch, patch, 3) or tuple(np.shape(local["target"])) != shape:
     raise ValueError(f"input pipeline returned input {shape} / target {tuple(np.shape(local['target']))}, expected "
                      f"({local_bs}, {patch}, {patch}, 3) per process")
-
-
-def load_init_params(path: str, arch: str, abstract_params, mesh):
-  """Params of an exported model or training workdir at ``path``, checked against the config's network."""
-  _, params, info = checkpoint.load_model(path)
-  if info["arch"] != arch:
-    raise ModelMismatchError(f"config.init_from={path} holds a {info['arch']!r} model; the config trains {arch!r}")
-  want = jax.tree_util.tree_structure(abstract_params)
-  got = jax.tree_util.tree_structure(params)
-  if want != got:
-    raise ModelMismatchError(f"config.init_from={path}: parameter tree does not match the config's model "
-                             f"({info['config']} vs config.model)")
-  for (kp, a), b in zip(jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree_util.tree_leaves(params)):
-    if tuple(a.shape) != tuple(np.shape(b)):
-      raise ModelMismatchError(f"config.init_from={path}: {jax.tree_util.keystr(kp)} has shape {np.shape(b)}, "
-                               f"the config's model needs {a.shape}")
-  logging.info("Initialised params from %s (%s).", path, info["arch"])
-  return sharding.replicate(jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), mesh)
-
-
-# ################################################################################################################
-#                                               Evaluate mode
-# ################################################################################################################
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, checkpoint_path: Optional[str] = None,
-                        step: Optional[int] = None):
-  """Evaluates a model on ``config.data``'s eval split with the dataset's protocol (full images).
-
-  The model is ``checkpoint_path`` (an exported/converted model or a training workdir) if given, else the newest
-  (or ``step``) checkpoint of ``workdir``, else ``config.init_from``. Results go to ``<workdir>/eval/<step>/``
-  (``eval/pretrained/`` for an exported model). Returns the :class:`evaluation.EvalResult` (process 0; None on
-  the others).
-  """
-  from sparse_restore import evaluation
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  source = checkpoint_path
-  if not source:
-    if checkpoint.latest_step(workdir) is not None:
-      source = workdir
-    elif config.get("init_from"):
-      source = config.init_from
-    else:
-      raise ValueError(f"nothing to evaluate: {workdir} has no checkpoints/ and neither --checkpoint nor "
-                       "config.init_from is set")
-  module, params, info = checkpoint.load_model(source, step=step)
-  tag = str(info["step"]) if "step" in info else "pretrained"
-  data_config = data_config_for(config, workdir)
-  prepare_data(data_config, workdir)
-  if jax.process_index() != 0:
-    return None
-  out_dir = os.path.join(workdir, "eval", tag)
-  logging.info("Evaluating %s (%s, %s) on %s/%s -> %s", source, info["arch"], tag, data_config.name,
-               data_config.eval_split, out_dir)
-  result = evaluation.evaluate(
-      module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
-      save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
-      step=info.get("step"), source=source)
-  return result

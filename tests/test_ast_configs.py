@@ -107,10 +107,9 @@ def test_docstrings_start_with_the_command():
 
 
 def _abstract_params(config):
-  import jax
-  from sparse_restore import train
+  from sparse_restore import models, train
   module = train.create_model(config, "cpu", train=True)
-  shapes = jax.eval_shape(lambda: train.init_params(module, jax.random.key(0)))
+  shapes = models.abstract_params(module)
   return module, shapes
 
 
@@ -242,9 +241,9 @@ def test_tiny_progressive_training(tmp_path):
 
   # Both stage ends were checkpointed with their stage index; the workdir loads as an AST with the final params.
   import jax
-  from sparse_restore import checkpoint, train
+  from sparse_restore import checkpoint
   from sparse_restore.models.ast import AST
-  ckpts = train.Checkpoints(str(workdir), 5)
+  ckpts = checkpoint.Checkpoints(str(workdir), 5)
   try:
     assert sorted(ckpts.manager.all_steps()) == [s1.end, s2.end]
     assert ckpts.restore_meta(s1.end) == {"step": s1.end, "stage": 0, "stage_step": s1.num_steps}

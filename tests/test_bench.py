@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from sparse_restore import bench
+from sparse_restore import bench, losses, train
 
 TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 2], "use_mefc": False}
 FIELDS = ("median_s", "min_s", "median_cpu_s", "runs", "compile_s", "compile_cpu_s", "first_call_s",
@@ -11,7 +11,11 @@ FIELDS = ("median_s", "min_s", "median_cpu_s", "runs", "compile_s", "compile_cpu
 
 
 @pytest.mark.parametrize("mode,batch,sizes", [("forward", 1, (16, 24)), ("train", 2, (16,))])
-def test_bench_cli_prints_one_json_record_per_size(capsys, mode, batch, sizes):
+def test_bench_cli_prints_one_json_record_per_size(capsys, monkeypatch, mode, batch, sizes):
+  # The train mode must time the training module's own step (one device), not a copy of it.
+  built = []
+  real_step = train.make_train_step
+  monkeypatch.setattr(train, "make_train_step", lambda mesh, **kw: built.append((mesh, kw)) or real_step(mesh, **kw))
   rc = bench.main(["--model", "drsformer", "--model-kwargs", json.dumps(TINY), "--size", ",".join(map(str, sizes)),
                    "--batch", str(batch), "--mode", mode, "--runs", "2"])
   assert rc == 0
@@ -27,6 +31,11 @@ def test_bench_cli_prints_one_json_record_per_size(capsys, mode, batch, sizes):
     assert rec["compile_s"] > 0 and rec["peak_rss_gb"] > 0
     assert rec["us_per_pixel"] == pytest.approx(rec["median_s"] / (batch * size * size) * 1e6, rel=1e-2)
     assert 10_000 < rec["params"] < 1_000_000  # the tiny config (~0.28M), not the full-size default (33.7M)
+  if mode == "train":
+    assert len(built) == len(sizes) and all(mesh.devices.size == 1 for mesh, _ in built)
+    assert all(kw["loss_fn"] is losses.l1 and kw["stage_start"] == 0 for _, kw in built)
+  else:
+    assert built == []
 
 
 def test_bench_cli_rejects_bad_model_kwargs():

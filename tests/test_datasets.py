@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sparse_restore import datasets
+from sparse_restore import datasets, imageio, metrics
 from sparse_restore.datasets import synthetic_rain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ _READ_BACK_SCRIPT = textwrap.dedent("""
     import numpy as np
     from PIL import Image
     import tensorflow_datasets as tfds
-    from sparse_restore import datasets
+    from sparse_restore import datasets, imageio, metrics
     manual, data_dir = sys.argv[1], sys.argv[2]
     t = time.perf_counter()
     builder = datasets.get_builder('rain200h', data_dir=data_dir, manual_dir=manual).build()
@@ -198,6 +198,67 @@ def test_non_rgb_images_are_converted_to_rgb(tmp_path):
   assert np.array_equal(a["input"], np.repeat(grey[..., None], 3, -1))
   assert np.array_equal(a["target"], rgba[..., :3])
   assert np.array_equal(b["input"], np.asarray(pal.convert("RGB")))
+
+
+def test_listing_and_order_are_imageios(tmp_path):
+  """The folders are listed by sparse_restore.imageio (its extensions, its natural, case-insensitive order):
+  'a' sorts before 'B', and a WebP input pairs with a PPM target."""
+  raw = tmp_path / "raw"
+  rng = np.random.default_rng(4)
+  for split in ("train", "test"):
+    for name, ext_in, ext_tgt in (("B", "png", "png"), ("a", "png", "png"), ("img10", "png", "png"),
+                                  ("IMG9", "png", "png"), ("w", "webp", "ppm")):
+      x = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+      (raw / split / "input").mkdir(parents=True, exist_ok=True)
+      (raw / split / "target").mkdir(parents=True, exist_ok=True)
+      lossless = {"lossless": True} if ext_in == "webp" else {}
+      Image.fromarray(x).save(raw / split / "input" / f"{name}.{ext_in}", **lossless)
+      Image.fromarray(255 - x).save(raw / split / "target" / f"{name}.{ext_tgt}")
+  src = _build("rain200l", raw, tmp_path / "tfds").as_data_source("test")
+  names = [src[i]["name"].decode() for i in range(len(src))]
+  assert names == sorted(names, key=imageio.natural_key) == ["a", "B", "IMG9", "img10", "w"]
+  w = src[names.index("w")]
+  assert np.array_equal(w["input"], 255 - w["target"])  # the lossless WebP pairs with its PPM target
+
+
+def test_specs_use_the_metrics_protocol_table():
+  for spec in datasets.SPECS.values():
+    assert spec.protocol in metrics.PROTOCOLS and spec.channel in metrics.CHANNELS, spec.name
+  with pytest.raises(ValueError, match="protocol must be one of"):
+    datasets.DatasetSpec(name="x", title="x", protocol="matlab", channel="y")
+
+
+def test_dataset_modules_import_no_cycle():
+  """specs <- folders <- builders <- synthetic_rain, registry in the package: no submodule imports one that
+  imports it back (synthetic_rain used to import paired.py, which imported it for the registry)."""
+  import ast as pyast
+  package = REPO / "sparse_restore" / "datasets"
+  deps = {}
+  for path in package.glob("*.py"):
+    if path.name == "__init__.py":
+      continue
+    found = set()
+    for node in pyast.walk(pyast.parse(path.read_text())):
+      if isinstance(node, pyast.ImportFrom) and node.module == "sparse_restore.datasets":
+        found |= {a.name for a in node.names}
+      elif isinstance(node, pyast.ImportFrom) and (node.module or "").startswith("sparse_restore.datasets."):
+        found.add(node.module.rsplit(".", 1)[1])
+      elif isinstance(node, pyast.Import):
+        found |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("sparse_restore.datasets.")}
+    deps[path.stem] = found
+  assert set(deps) == {"specs", "folders", "builders", "synthetic_rain"}, deps
+
+  def reachable(start):
+    seen, todo = set(), [start]
+    while todo:
+      for d in deps.get(todo.pop(), ()):
+        if d not in seen:
+          seen.add(d)
+          todo.append(d)
+    return seen
+
+  for name in deps:
+    assert name not in reachable(name), (name, deps)
 
 
 # ---------------------------------------------------------------------------------------------------------------

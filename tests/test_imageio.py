@@ -1,4 +1,5 @@
 """Image reading/writing: formats, gray/alpha/palette/16-bit/EXIF handling, errors, rounding, listing."""
+import io
 import os
 import struct
 import zlib
@@ -197,6 +198,40 @@ def test_list_images_natural_order(tmp_path):
   assert got == ["1.png", "2.png", "10.png", "A.tif", "b.bmp", "img9.jpeg", "img11.JPG"]
   with pytest.raises(imageio.ImageReadError, match="not a directory"):
     imageio.list_images(str(tmp_path / "nope"))
+
+
+def test_read_encoded_rgb8_keeps_rgb_files_and_reencodes_the_rest(tmp_path):
+  """What the datasets store: an 8-bit RGB PNG/JPEG's own bytes; other 8-bit images as RGB PNGs with the same
+  channel rules as read_uint8_rgb, pixels as stored (no EXIF rotation); deeper images refused by name."""
+  rng = _rng(8)
+  rgb = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "rgb.png")
+  Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=90)
+  for name in ("rgb.png", "rgb.jpg"):
+    data, size = imageio.read_encoded_rgb8(tmp_path / name)
+    assert data == (tmp_path / name).read_bytes() and size == (9, 6)
+  rgba = rng.integers(0, 256, (6, 9, 4), dtype=np.uint8)
+  Image.fromarray(rgba).save(tmp_path / "rgba.png")
+  Image.fromarray(rgba[..., 0]).save(tmp_path / "grey.bmp")
+  for name in ("rgba.png", "grey.bmp"):
+    data, size = imageio.read_encoded_rgb8(tmp_path / name)
+    with Image.open(io.BytesIO(data)) as im:
+      assert (im.format, im.mode, im.size) == ("PNG", "RGB", (9, 6))
+      np.testing.assert_array_equal(np.asarray(im), imageio.read_uint8_rgb(str(tmp_path / name)))
+  im = Image.fromarray(rgb)
+  exif = im.getexif()
+  exif[0x0112] = 6
+  im.save(tmp_path / "rotated.png", exif=exif.tobytes())
+  Image.open(tmp_path / "rotated.png").convert("L").save(tmp_path / "rotated_grey.png", exif=exif.tobytes())
+  assert imageio.read_encoded_rgb8(tmp_path / "rotated_grey.png")[1] == (9, 6)  # as stored, not turned
+  Image.fromarray(np.array([[0, 65535]], np.uint16)).save(tmp_path / "g16.png")
+  (tmp_path / "c16.png").write_bytes(_encode_png16(rng.integers(0, 65536, (3, 4, 3)).astype(np.uint16), 2))
+  for name in ("g16.png", "c16.png"):
+    with pytest.raises(imageio.ImageReadError, match=f"{name}: unsupported image mode .*only 8-bit"):
+      imageio.read_encoded_rgb8(tmp_path / name)
+  (tmp_path / "bad.png").write_bytes((tmp_path / "rgb.png").read_bytes()[:60])
+  with pytest.raises(imageio.ImageReadError, match="bad.png: cannot read image"):
+    imageio.read_encoded_rgb8(tmp_path / "bad.png")
 
 
 def test_check_no_overwrite(tmp_path):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from sparse_restore import checkpoint
 from sparse_restore import imageio
+from sparse_restore import models
 from sparse_restore import restore
 
 TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}
@@ -17,7 +18,7 @@ TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}
 
 def _random_params(module, seed=0):
   """Sensibly scaled random parameters from the abstract tree (no init compilation)."""
-  abstract = checkpoint.abstract_params(module)
+  abstract = models.abstract_params(module)
   rng = np.random.default_rng(seed)
 
   def leaf(path, a):
@@ -33,7 +34,6 @@ def _random_params(module, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-  from sparse_restore import models
   module = models.create("drsformer", **TINY)
   path = tmp_path_factory.mktemp("model") / "tiny"
   checkpoint.save_model(str(path), "drsformer", TINY, _random_params(module))

@@ -197,13 +197,16 @@ def test_prepare_builds_into_the_workdir_once(tmp_path):
   cfg = _config("", manual_dir=str(tmp_path / "raw"))
   with pytest.raises(datasets.DatasetError, match="not prepared.*input_pipeline.prepare"):
     input_pipeline.train_dataset(_config(tmp_path / "elsewhere"), global_batch_size=2, seed=0)
-  builder = input_pipeline.prepare(cfg, workdir=str(tmp_path / "work"))
-  assert cfg.data_dir == str(tmp_path / "work" / "tfds")
+  resolved = input_pipeline.resolve_data_config(cfg, str(tmp_path / "work"))
+  assert resolved.data_dir == str(tmp_path / "work" / "tfds")
+  assert cfg.data_dir == ""  # resolved once into a copy; nothing is written back into the caller's config
+  builder = input_pipeline.prepare(resolved)
   assert builder.is_prepared() and (tmp_path / "work" / "tfds" / "rain200h" / "1.0.0").is_dir()
   t = time.perf_counter()
-  again = input_pipeline.prepare(cfg, workdir=str(tmp_path / "work"))
+  again = input_pipeline.prepare(resolved)
   assert time.perf_counter() - t < 2.0 and again.data_dir == builder.data_dir
-  assert next(iter(input_pipeline.train_dataset(cfg, global_batch_size=2, seed=0)))["input"].shape == (2, 32, 32, 3)
+  batch = next(iter(input_pipeline.train_dataset(resolved, global_batch_size=2, seed=0)))
+  assert batch["input"].shape == (2, 32, 32, 3)
 
 
 def test_argument_errors(id_set):
@@ -218,7 +221,8 @@ def test_argument_errors(id_set):
 def test_demo_dataset_end_to_end(tmp_path):
   cfg = ml_collections.ConfigDict(input_pipeline.default_data_config().to_dict())
   cfg.patch_size = 64
-  input_pipeline.prepare(cfg, workdir=str(tmp_path))
+  cfg = input_pipeline.resolve_data_config(cfg, str(tmp_path))
+  input_pipeline.prepare(cfg)
   batch = next(iter(input_pipeline.train_dataset(cfg, global_batch_size=4, seed=0)))
   assert batch["input"].shape == (4, 64, 64, 3)
   assert np.mean(batch["input"]) > np.mean(batch["target"])  # rain brightens

@@ -159,5 +159,7 @@ def test_bad_arguments():
     metrics.psnr(a, np.zeros((16, 17, 3), np.uint8))
   with pytest.raises(ValueError, match="at least 11x11"):
     metrics.ssim(np.zeros((8, 30, 3), np.uint8), np.zeros((8, 30, 3), np.uint8))
-  assert metrics.protocol_for_dataset("Rain200H") == "restormer"
-  assert metrics.protocol_for_dataset("DDN-Data") == "rcdnet"
+  # The protocol of a benchmark is its dataset spec's (the one table of them).
+  from sparse_restore import datasets
+  assert datasets.get_spec("rain200h").protocol == "restormer"
+  assert datasets.get_spec("ddn").protocol == "rcdnet"

@@ -11,11 +11,12 @@ from sparse_restore.models.policy import Policy
 
 
 class LocalNet(nn.Module):
-  """Three 3x3 convolutions: receptive-field radius 3, no global statistics."""
+  """Three 3x3 convolutions: receptive-field radius 3, no global statistics. Called like the registry's networks
+  (``train`` keyword, ignored)."""
   policy: Policy = Policy()
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     dtype = self.policy.compute_dtype
     h = jnp.tanh(nn.Conv(8, (3, 3), dtype=dtype)(x))
     h = jnp.tanh(nn.Conv(8, (3, 3), dtype=dtype)(h))

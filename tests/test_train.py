@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from sparse_restore import checkpoint, config_files, input_pipeline, losses, schedules, sharding, train
+from sparse_restore import checkpoint, config_files, input_pipeline, losses, models, schedules, sharding, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
   tx, sched = train.create_optimizer(cfg, stage)
 
   def one_step():
-    params = train.init_params(module, jax.random.key(0, impl="rbg"))
+    params = models.init_params(module, jax.random.key(0, impl="rbg"))
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
     batch = {"input": jnp.zeros((2, 32, 32, 3)), "target": jnp.zeros((2, 32, 32, 3))}
     return train.train_step(state, batch, jax.random.key(1), module=module, tx=tx, schedule=sched,
@@ -284,27 +284,9 @@ def test_refuses_to_resume_a_different_model(reference_run, tiny_data):
   ref_dir, _ = reference_run
   before = sorted(os.listdir(os.path.join(ref_dir, "checkpoints")))
   cfg = tiny_config(tiny_data, **{"model.dim": 16})
-  with pytest.raises(train.ModelMismatchError, match=r"dim: 8 in the workdir vs 16 in the config"):
+  with pytest.raises(checkpoint.ModelMismatchError, match=r"dim: 8 in the workdir vs 16 in the config"):
     train.train_and_evaluate(cfg, ref_dir)
   assert sorted(os.listdir(os.path.join(ref_dir, "checkpoints"))) == before
-
-
-def test_init_from_loads_exported_params(reference_run, tiny_data, tmp_path):
-  """config.init_from reads an exported model (or a workdir) and checks it against the config's network."""
-  ref_dir, ref = reference_run
-  module, params, info = checkpoint.load_model(ref_dir)
-  export = checkpoint.save_model(str(tmp_path / "export"), info["arch"], info["config"], params)
-  cfg = tiny_config(tiny_data)
-  mesh = sharding.make_mesh()
-  abstract = jax.eval_shape(lambda: train.init_params(train.create_model(cfg), jax.random.key(0, impl="rbg")))
-  loaded = train.load_init_params(export, "drsformer", abstract, mesh)
-  assert_trees_equal(host_params(loaded), params)
-  cfg16 = tiny_config(tiny_data, **{"model.dim": 16})
-  abstract16 = jax.eval_shape(lambda: train.init_params(train.create_model(cfg16), jax.random.key(0, impl="rbg")))
-  with pytest.raises(train.ModelMismatchError, match="has shape"):
-    train.load_init_params(export, "drsformer", abstract16, mesh)
-  with pytest.raises(train.ModelMismatchError, match="holds a 'drsformer' model"):
-    train.load_init_params(export, "ast", abstract, mesh)
 
 
 @pytest.mark.slow

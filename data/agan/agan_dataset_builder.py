@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/joshyZhou/AST); unpac
 The builder itself is `sparse_restore.datasets.Agan` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'basicsr' on the RGB channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Agan, skip_registration=True):
+class Builder(builders.Agan, skip_registration=True):
   """AGAN-Data (raindrop): the package's builder under the name the TFDS CLI expects (writes <data_dir>/agan/)."""
 
   name = "agan"

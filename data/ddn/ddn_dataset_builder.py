@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/cschenxiang/DRSformer
 The builder itself is `sparse_restore.datasets.Ddn` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'rcdnet' on the Y channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Ddn, skip_registration=True):
+class Builder(builders.Ddn, skip_registration=True):
   """DDN-Data: the package's builder under the name the TFDS CLI expects (writes <data_dir>/ddn/)."""
 
   name = "ddn"

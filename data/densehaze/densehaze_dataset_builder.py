@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/joshyZhou/AST); unpac
 The builder itself is `sparse_restore.datasets.Densehaze` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'basicsr' on the RGB channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Densehaze, skip_registration=True):
+class Builder(builders.Densehaze, skip_registration=True):
   """Dense-Haze: the package's builder under the name the TFDS CLI expects (writes <data_dir>/densehaze/)."""
 
   name = "densehaze"

@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/cschenxiang/DRSformer
 The builder itself is `sparse_restore.datasets.Did` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'rcdnet' on the Y channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Did, skip_registration=True):
+class Builder(builders.Did, skip_registration=True):
   """DID-Data: the package's builder under the name the TFDS CLI expects (writes <data_dir>/did/)."""
 
   name = "did"

@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/cschenxiang/DRSformer
 The builder itself is `sparse_restore.datasets.Rain200l` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'restormer' on the Y channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Rain200l, skip_registration=True):
+class Builder(builders.Rain200l, skip_registration=True):
   """Rain200L: the package's builder under the name the TFDS CLI expects (writes <data_dir>/rain200l/)."""
 
   name = "rain200l"

@@ -8,10 +8,10 @@ Manual download (links in the README of https://github.com/cschenxiang/DRSformer
 The builder itself is `sparse_restore.datasets.Spa` (its MANUAL_DOWNLOAD_INSTRUCTIONS and README.md here give
 the details); evaluation protocol 'restormer' on the Y channel.
 """
-from sparse_restore.datasets import paired
+from sparse_restore.datasets import builders
 
 
-class Builder(paired.Spa, skip_registration=True):
+class Builder(builders.Spa, skip_registration=True):
   """SPA-Data: the package's builder under the name the TFDS CLI expects (writes <data_dir>/spa/)."""
 
   name = "spa"

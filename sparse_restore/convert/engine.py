@@ -150,9 +150,9 @@ _EXPECTED: Dict[Any, Dict[FlaxPath, Any]] = {}
 def _expected_shapes(module) -> Dict[FlaxPath, Any]:
   """Flat ``{flax_path: ShapeDtypeStruct}`` of a fresh init (traced once per module configuration)."""
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from sparse_restore import checkpoint  # pylint: disable=g-import-not-at-top
+  from sparse_restore import models  # pylint: disable=g-import-not-at-top
   if module not in _EXPECTED:
-    abstract = checkpoint.abstract_params(module)
+    abstract = models.abstract_params(module)
     _EXPECTED[module] = {tuple(p): v for p, v in traverse_util.flatten_dict(dict(abstract)).items()}
   return _EXPECTED[module]
 

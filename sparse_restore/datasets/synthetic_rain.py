@@ -19,7 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from sparse_restore.datasets import paired
+from sparse_restore import imageio
+from sparse_restore.datasets import builders, specs
 
 SeedLike = Union[int, Sequence[int], np.random.Generator]
 
@@ -161,7 +162,7 @@ def source_image(name: str) -> np.ndarray:
     img = img[0]
   img = np.asarray(img)
   if img.dtype != np.uint8:
-    raise paired.DatasetError(f"skimage.data.{name} is {img.dtype}, expected uint8")
+    raise specs.DatasetError(f"skimage.data.{name} is {img.dtype}, expected uint8")
   if img.ndim == 2:
     img = np.repeat(img[..., None], 3, axis=-1)
   return np.ascontiguousarray(img[..., :3])
@@ -197,7 +198,7 @@ def make_pair(sources: Dict[str, np.ndarray], index: int, *, size: int, seed: Se
   return rainy, clean, src
 
 
-class SyntheticRain(paired.RestorationBuilder):
+class SyntheticRain(builders.RestorationBuilder):
   """Offline demo deraining set: rainy/clean tiles from scikit-image photos ('restormer' protocol on Y).
 
   Train: ``TRAIN_EXAMPLES`` tiles of ``TRAIN_TILE`` px from :data:`TRAIN_SOURCES`; test: ``TEST_EXAMPLES`` tiles of
@@ -205,7 +206,7 @@ class SyntheticRain(paired.RestorationBuilder):
   """
 
   name = "synthetic_rain"
-  SPEC = paired.SYNTHETIC_RAIN
+  SPEC = specs.SYNTHETIC_RAIN
   SEED = 20240611
   TRAIN_EXAMPLES = 384
   TEST_EXAMPLES = 48
@@ -222,13 +223,10 @@ class SyntheticRain(paired.RestorationBuilder):
   def _generate_examples(self, split: str, source_names: Sequence[str], count: int, size: int
                          ) -> Iterator[Tuple[str, dict]]:
     sources = {n: source_image(n) for n in source_names}
-    split_id = paired.SPLITS.index(split)
+    split_id = specs.SPLITS.index(split)
     width = len(str(count - 1))
     for i in range(count):
       rainy, clean, src = make_pair(sources, i, size=size, seed=(self.SEED, split_id))
       name = f"{split}_{i:0{width}d}_{src}"
-      yield name, {"input": paired.encode_png(rainy, compress_level=1),
-                   "target": paired.encode_png(clean, compress_level=1), "name": name}
-
-
-paired.register(SyntheticRain)
+      yield name, {"input": imageio.encode_png(rainy, compress_level=1),
+                   "target": imageio.encode_png(clean, compress_level=1), "name": name}

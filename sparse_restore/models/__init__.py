@@ -1,16 +1,20 @@
 """Model registry: configs pick a network by name.
 
     model = models.create("drsformer", dim=48, use_mefc=True)
-    params = model.init(rng, jnp.zeros((1, 64, 64, 3)))["params"]
+    params = models.init_params(model, jax.random.key(0))     # or models.abstract_params(model): shapes only
+    out = model.apply({"params": params}, images, train=False)
 
-Every registered network takes NHWC float images in [0, 1] and returns an image of the same shape.
-It exposes a class attribute ``size_multiple`` (spatial sizes the network accepts are multiples of it).
+Every registered network takes NHWC float images in [0, 1] and returns an image of the same shape; its
+``__call__`` takes a ``train`` keyword (AST: drop-path when True; DRSformer ignores it). It exposes a class
+attribute ``size_multiple`` (spatial sizes the network accepts are multiples of it).
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, Type
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,11 +55,21 @@ def create(name: str, **kwargs) -> nn.Module:
     raise ValueError(f"bad arguments for model {name!r}: {e}") from None
 
 
+def init_params(module: nn.Module, rng, channels: int = 3):
+  """Freshly initialised parameters of ``module`` (traced on a zero image of its size multiple, at least 8 px:
+  the parameters do not depend on the image size)."""
+  side = max(int(getattr(module, "size_multiple", 8)), 8)
+  x = jnp.zeros((1, side, side, channels), jnp.float32)
+  return module.init({"params": rng, "dropout": rng}, x, train=False)["params"]
+
+
+def abstract_params(module: nn.Module, channels: int = 3):
+  """Shapes and dtypes (``jax.ShapeDtypeStruct``) of ``module``'s parameters: :func:`init_params` under
+  ``jax.eval_shape``, nothing allocated or compiled."""
+  return jax.eval_shape(lambda: init_params(module, jax.random.key(0), channels))
+
+
 def _import_all():
-  # Imported lazily so that `import sparse_restore.models` stays cheap and cycle-free.
-  from sparse_restore.models import drsformer  # noqa: F401
-  try:
-    from sparse_restore.models import ast  # noqa: F401
-  except ImportError as e:  # pragma: no cover - only while AST is being written
-    if "sparse_restore.models.ast" not in str(e) and "ast" not in str(e):
-      raise
+  # Imported lazily so that `import sparse_restore.models` stays cheap and cycle-free. No ImportError is caught:
+  # a network module that fails to import is an error, never a silently shorter registry.
+  from sparse_restore.models import ast, drsformer  # noqa: F401

@@ -147,7 +147,7 @@ class DRSformer(nn.Module):
   @nn.compact
   def __call__(self, img, train: bool = False):
     """img: [B, H, W, in_channels] float, H and W multiples of 8. Returns the restored image, float32.
-    ``train`` is accepted for a common network signature; DRSformer has no dropout or stochastic depth."""
+    ``train`` is accepted for the registry's common signature and ignored (no dropout or drop-path)."""
     self._check_input(img)
     dim, (n1, n2, n3, n4), (h1, h2, h3, h4) = self.dim, self.num_blocks, self.heads
     kw = dict(policy=self.policy)

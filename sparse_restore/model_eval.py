@@ -1,4 +1,6 @@
-"""The training job's evaluation: restore every test image whole, score it with the dataset's protocol, save it.
+"""Runs a model over a dataset's eval split and scores it: the training job's periodic evaluation
+(:func:`evaluate`) and ``main.py --mode evaluate`` (:func:`evaluate_checkpoint`). Scoring folders of images that
+already exist is the other tool, ``python -m sparse_restore.evaluate``.
 
 For each image of ``data_config``'s eval split: the network runs on the full image (reflect-padded to its size
 multiple and cropped back by :func:`sparse_restore.restore.restore_image`; tiles only if asked), the output is
@@ -116,6 +118,44 @@ def evaluate(module, params, data_config, out_dir: str, *, split: Optional[str] 
   _write_results(out_dir, summary, records)
   result = EvalResult(summary=summary, records=records, samples=samples, out_dir=out_dir)
   logging.info("Evaluation -> %s: %s", out_dir, result.describe())
+  return result
+
+
+def evaluate_checkpoint(config, workdir: str, *, checkpoint_path: Optional[str] = None,
+                        step: Optional[int] = None):
+  """Evaluates a model on ``config.data``'s eval split with the dataset's protocol (full images).
+
+  The model is ``checkpoint_path`` (an exported/converted model or a training workdir) if given, else the newest
+  (or ``step``) checkpoint of ``workdir``, else ``config.init_from``. Results go to ``<workdir>/eval/<step>/``
+  (``eval/pretrained/`` for an exported model). ``data_dir`` '' means ``<workdir>/tfds``, as in training. Returns
+  the :class:`EvalResult` (process 0; None on the others).
+  """
+  import jax
+  from sparse_restore import checkpoint, input_pipeline
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  source = checkpoint_path
+  if not source:
+    if checkpoint.latest_step(workdir) is not None:
+      source = workdir
+    elif config.get("init_from"):
+      source = config.init_from
+    else:
+      raise ValueError(f"nothing to evaluate: {workdir} has no checkpoints/ and neither --checkpoint nor "
+                       "config.init_from is set")
+  module, params, info = checkpoint.load_model(source, step=step)
+  tag = str(info["step"]) if "step" in info else "pretrained"
+  data_config = input_pipeline.resolve_data_config(config.data, workdir)
+  input_pipeline.prepare_on_all_processes(data_config)
+  if jax.process_index() != 0:
+    return None
+  out_dir = os.path.join(workdir, "eval", tag)
+  logging.info("Evaluating %s (%s, %s) on %s/%s -> %s", source, info["arch"], tag, data_config.name,
+               data_config.eval_split, out_dir)
+  result = evaluate(
+      module, params, data_config, out_dir, max_images=config.data.max_eval_images or None,
+      save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
+      step=info.get("step"), source=source)
   return result
 
 

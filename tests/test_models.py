@@ -10,8 +10,7 @@ import pytest
 
 from sparse_restore import models
 
-TINY_DRSFORMER = {"dim": 8, "num_blocks": (1, 1, 1, 1), "heads": (1, 1, 1, 1), "use_mefc": False,
-                  "conv_impl": "xla"}
+TINY_DRSFORMER = {"dim": 8, "num_blocks": (1, 1, 1, 1), "heads": (1, 1, 1, 1), "use_mefc": False}
 
 
 def test_both_networks_are_registered():

@@ -80,11 +80,19 @@ flags appended to scale them down (a tiny network, a few steps, small images):
   python -m pytest -m slow
     -> CI: .ci/run runs it after the default selection
   pip install -e .
-    -> not run: a subset of the `.[all]` install CI does
-  pip install -U "jax[tpu]"
-    -> not run: needs a TPU host
-  pip install -U "jax[cuda12]"
+    -> not run: a subset of the `.[all]` install CI does (README's install table: measured in a fresh venv)
+  pip install -e ".[train]"
+    -> not run: a subset of the `.[all]` install CI does (README's install table: measured in a fresh venv)
+  pip install torch
+    -> not run: from PyPI a CUDA build of several GB; CI installs torch==2.13.0 (CPU) for Python 3.11 (.ci/run)
+  pip install torch --index-url https://download.pytorch.org/whl/cpu
+    -> not run: PyTorch's own index (CI uses the CPU wheel torch==2.13.0, .ci/run)
+  pip install -e ".[train,cuda]"
     -> not run: needs an NVIDIA GPU host
+  pip install -e ".[cuda]"
+    -> not run: needs an NVIDIA GPU host
+  pip install -e ".[tpu]"
+    -> not run: needs a TPU host
   python -c "from sparse_restore import datasets; datasets.get_builder('rain200h',
       data_dir='~/tensorflow_datasets', manual_dir='/path/to/Rain200H').build()"
     -> test_readme_commands.py::test_build_with_python_c

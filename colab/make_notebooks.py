@@ -40,38 +40,39 @@ def _src(text: str) -> str:
 # Shared cells
 # ----------------------------------------------------------------------------------------------------------
 
-# Colab installation: clone + pip install, then the jax build for the accelerator (found before JAX is imported).
+# Colab installation: clone + pip install. The runtime's JAX (built for its TPU or GPU), Flax and TensorFlow stay:
+# the project sets no upper bounds on them and needs no TensorFlow, so pip changes none of them.
 INSTALL_HELPERS = '''
-def accelerator_kind():
-  """'tpu', 'gpu' or 'cpu': what this runtime offers (looked up before JAX is imported)."""
-  if (os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0") or os.environ.get("COLAB_TPU_ADDR")
-      or os.environ.get("TPU_ACCELERATOR_TYPE")):
-    return "tpu"
-  if shutil.which("nvidia-smi"):
-    return "gpu"
-  return "cpu"
+KEEP = ("jax", "jaxlib", "flax", "libtpu", "tensorflow")  # the runtime's builds, which a restart would be needed to swap
 
 
-def pip_install(*requirements):
-  subprocess.run([sys.executable, "-m", "pip", "install", "-q", *requirements], check=True)
+def installed_versions(names):
+  versions = {}
+  for name in names:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return versions
 
 
 def install_in_colab(extras):
-  """Clones REPO_URL and pip-installs it (with ``extras``), then the jax build for this accelerator."""
+  """Clones REPO_URL and pip-installs it (with ``extras``) beside the runtime's JAX, Flax and TensorFlow."""
   if "<" in REPO_URL:
     raise ValueError("set REPO_URL (first code cell) to the git URL of the sparse_restore repository")
   repo = "/content/sparse_restore"
   if not os.path.isdir(repo):
     subprocess.run(["git", "clone", "--depth", "1", "--branch", REPO_BRANCH, REPO_URL, repo], check=True)
-  pip_install(f"{repo}[{extras}]" if extras else repo)
-  # The project pins jax; install the accelerator build of exactly that version (TPU: libtpu via jax[tpu]).
-  jax_version = importlib.metadata.version("jax")
-  kind = accelerator_kind()
-  if kind == "tpu":
-    pip_install(f"jax[tpu]=={jax_version}")
-  elif kind == "gpu":
-    pip_install(f"jax[cuda12]=={jax_version}")
+  before = installed_versions(KEEP)
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"{repo}[{extras}]" if extras else repo], check=True)
   importlib.invalidate_caches()
+  after = installed_versions(KEEP)
+  changed = {name: (before.get(name), after.get(name)) for name in set(before) | set(after)
+             if before.get(name) != after.get(name)}
+  if changed:
+    print(f"pip changed {changed}: Runtime > Restart session, then run all cells again")
+  else:
+    print("kept the runtime's " + ", ".join(f"{name} {v}" for name, v in sorted(before.items())))
   return repo
 '''
 
@@ -120,8 +121,8 @@ TRAIN = [
 
     **In Colab:** *Runtime > Change runtime type > TPU* (or a GPU), check `REPO_URL` in the first code cell (the
     project's git repository, or your fork), then *Runtime > Run all*. The installation cell clones and installs
-    the project with its `[train]` extras and then the accelerator build of the pinned JAX version (`jax[tpu]` on
-    a TPU runtime, `jax[cuda12]` on a GPU runtime).
+    the project with its `[train]` extras next to the runtime's own JAX (with `libtpu` on a TPU runtime, its CUDA
+    plugin on a GPU runtime), Flax and TensorFlow, which it keeps as they are: no restart is needed.
     Outside Colab, install the project first (`pip install -e ".[all]"`) and run the notebook from the
     repository.
     """),
@@ -141,13 +142,13 @@ TRAIN = [
     # resumed (or, if finished, just loaded): use a new folder to start over.
     WORKDIR = os.environ.get("SPARSE_RESTORE_NB_WORKDIR") or (
         "/content/sparse_restore_demo" if IN_COLAB else os.path.join(tempfile.gettempdir(), "sparse_restore_demo_nb"))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorBoard logging imports TensorFlow: keep it quiet
+    # Where TensorFlow is installed (Colab), TensorBoard's event reader below imports it: keep its start-up logs quiet.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     '''.replace("{repo_url}", REPO_URL)),
     ("code", '''
-    # Installation: in Colab, clone and install the project (+ the jax build for the TPU/GPU); elsewhere use the
-    # installed package (pip install -e ".[all]") and the repository this notebook is run from.
+    # Installation: in Colab, clone and install the project (the runtime's JAX for its TPU/GPU is kept); elsewhere use
+    # the installed package (pip install -e ".[all]") and the repository this notebook is run from.
     import importlib.metadata
-    import shutil
     import subprocess
 
 
@@ -172,9 +173,9 @@ TRAIN = [
 
     JAX sees the accelerators of the runtime. `train_and_evaluate` builds a one-axis device mesh (`data`) over all
     of them: parameters and optimizer state are replicated, every global batch is split evenly across the devices
-    and gradients are averaged by the compiler. On a Colab TPU you should see 8 `TpuDevice`s; if you see only a
-    CPU device on a TPU runtime, the `jax[tpu]` installation above did not take effect
-    (*Runtime > Restart session* and run all cells again).
+    and gradients are averaged by the compiler. On a Colab TPU you should see 8 `TpuDevice`s (the runtime's
+    `jax[tpu]`); if you see only a CPU device on a TPU runtime, restart it (*Runtime > Restart session*) and run
+    all cells again.
     """),
     ("code", '''
     import jax
@@ -245,8 +246,7 @@ TRAIN = [
     if not any(getattr(h, "sparse_restore_nb", False) for h in absl_logger.handlers):
       handler = pylogging.StreamHandler(sys.stdout)
       handler.setFormatter(pylogging.Formatter("%(message)s"))
-      handler.addFilter(lambda record: record.levelno >= pylogging.WARNING or "sparse_restore" in record.pathname
-                        or "metric_writers" in record.pathname)
+      handler.addFilter(lambda record: record.levelno >= pylogging.WARNING or "sparse_restore" in record.pathname)
       handler.sparse_restore_nb = True
       absl_logger.addHandler(handler)
       absl_logger.propagate = False
@@ -396,10 +396,9 @@ RESTORE = [
     MAX_PHOTOS = 2 if SMALL else None  # restore only the first photos of IMAGES_DIR (None: all)
     '''.replace("{repo_url}", REPO_URL)),
     ("code", '''
-    # Installation: in Colab, clone and install the project (+ the jax build for the TPU/GPU); elsewhere the
-    # installed package is used. Conversion and inference need no extras (and no PyTorch).
+    # Installation: in Colab, clone and install the project (the runtime's JAX for its TPU/GPU is kept); elsewhere
+    # the installed package is used. Conversion and inference need no extras (and no PyTorch).
     import importlib.metadata
-    import shutil
     import subprocess
 
 

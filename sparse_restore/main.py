@@ -32,11 +32,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+
+from sparse_restore import config_files
 
 FLAGS = flags.FLAGS
 
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+config_files.define_config_flag("config", "Path to a config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, model.json, TensorBoard logs and evaluations.")
 flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (with periodic evaluation) or evaluate.")
 flags.DEFINE_string("checkpoint", None, "evaluate: exported model directory or training workdir to evaluate "

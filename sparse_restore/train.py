@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import os
-import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.struct
@@ -154,21 +153,12 @@ def compile_on_all_processes(step_fn, args, name: str):
   return compiled
 
 
-def _hide_gpus_from_tf():
-  """clu's writers import TensorFlow; keep it off the accelerators JAX uses (as the Flax examples do)."""
-  tf = sys.modules.get("tensorflow")
-  if tf is not None:
-    try:
-      tf.config.set_visible_devices([], "GPU")
-    except Exception:  # Already initialised, or a CPU-only build: nothing to hide.
-      pass
 
 
 def create_writer(workdir: str):
-  """clu default writer (TensorBoard + logging on process 0, logging only elsewhere)."""
-  from clu import metric_writers
-  _hide_gpus_from_tf()
-  return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  """TensorBoard event files in ``workdir`` and absl log lines on process 0, log lines only elsewhere."""
+  from sparse_restore import summary_writer
+  return summary_writer.SummaryWriter(workdir if jax.process_index() == 0 else None)
 
 
 def _flat_hparams(config) -> Dict[str, Any]:
@@ -232,8 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   Raises :class:`NonFiniteLossError` if the loss diverges and :class:`sparse_restore.checkpoint.ModelMismatchError`
   if the workdir belongs to another network.
   """
-  from sparse_restore import input_pipeline, model_eval
-  from clu import periodic_actions
+  from sparse_restore import input_pipeline, model_eval, summary_writer
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -304,11 +293,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       writer.write_hparams(_flat_hparams(config))
 
   # ------------------------------------------------------------------------------------------- hooks
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  report = summary_writer.ReportProgress(num_train_steps=total_steps, writer=writer,
+                                         every_steps=config.log_every_steps)
   hooks = [report]
   if config.get("profile", False):
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5, first_profile=min(10, total_steps)))
+    hooks.append(summary_writer.Profile(logdir=workdir, first_step=min(10, total_steps - 1), last_step=total_steps))
   if jax.process_index() > 0:
     hooks = []
 

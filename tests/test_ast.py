@@ -1,5 +1,7 @@
 """Tests of the AST port: parity with the authors' PyTorch model, converter rules, windows/masks, padding rule."""
 import json
+import pathlib
+import sys
 
 import flax.linen as nn
 import jax
@@ -21,6 +23,8 @@ from sparse_restore.models.policy import Policy
 CPU = policy.for_platform("cpu")  # shift kernels, guards, 4 MiB chunks: what the entry points choose on a CPU
 
 TINY_ARGS = ("img_size", "embed_dim", "win_size", "token_mlp", "depths", "dd_in")
+LEFF_REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "leff_torch_reference.npz"
+TORCH_REASON = "PyTorch not installed (optional, see README Installation)"
 
 
 def _flat(tree):
@@ -44,10 +48,9 @@ def _num_params(module):
 def tiny(fixtures_dir):
   """(config, params, input NHWC, reference output NHWC, jitted apply) of the ast_tiny fixture, converted by
   our rules (one jitted function shared by the tests, so each input shape compiles once)."""
-  torch = pytest.importorskip("torch")
-  from sparse_restore.convert import engine
-  ckpt = torch.load(fixtures_dir / "ast_tiny.pth", map_location="cpu", weights_only=True)
-  state = {k: v.numpy() for k, v in ckpt["state_dict"].items()}
+  from sparse_restore.convert import engine, load_state_dict
+  # Read by the converter's own reader (test_reader.py proves it equals torch.load), so no PyTorch is needed.
+  state = load_state_dict(fixtures_dir / "ast_tiny.pth", arch="ast")
   config, params = engine.convert_state_dict(state, "ast")
   data = np.load(fixtures_dir / "ast_tiny.npz")
   x = data["input"].transpose(0, 2, 3, 1)
@@ -128,14 +131,11 @@ def test_converter_rules_errors_and_layouts():
 
 def test_leff_checkpoints_convert(fixtures_dir):
   """A token_mlp='leff' state dict (the reference constructor's default) is detected and converts completely."""
-  torch = pytest.importorskip("torch")
-  from sparse_restore.convert import engine
-  ckpt = torch.load(fixtures_dir / "ast_tiny.pth", map_location="cpu", weights_only=True)
+  from sparse_restore.convert import engine, load_state_dict
   state = {}
-  for k, v in ckpt["state_dict"].items():
+  for k, v in load_state_dict(fixtures_dir / "ast_tiny.pth", arch="ast").items():
     if k.endswith("partial_conv3.weight"):
       continue
-    v = v.numpy()
     if ".mlp.linear1.0." in k:
       v = v[: v.shape[0] // 2]  # LeFF: linear1 is C -> hidden (FRFN: C -> 2 hidden)
     state[k] = v
@@ -145,20 +145,48 @@ def test_leff_checkpoints_convert(fixtures_dir):
   assert out.shape == (1, 16, 24, 3) and np.isfinite(np.asarray(out)).all()
 
 
-@pytest.mark.parametrize("pol", [Policy(), CPU], ids=["xla", "cpu"])
-def test_leff_matches_torch_ops(pol):
-  torch = pytest.importorskip("torch")
-  x = np.random.default_rng(0).normal(size=(2, 6, 10, 8)).astype(np.float32)
-  module = frfn.LeFF(8, 32, policy=pol)
-  p = jax.tree_util.tree_map(np.array, _random_params(module, x, scale=0.3))  # writable copies for torch
-  out = np.asarray(module.apply({"params": p}, x))
+def _leff_torch(torch, x, p):
+  """LeFF with torch.nn.functional (the reference's Linear/GELU/depthwise Conv2d/GELU/Linear)."""
   t = torch.from_numpy
   h = torch.nn.functional.gelu(t(x) @ t(p["linear1"]["kernel"]) + t(p["linear1"]["bias"]))
   w = t(np.ascontiguousarray(p["dwconv"]["kernel"].transpose(3, 2, 0, 1)))  # [3,3,1,C] -> [C,1,3,3]
   h = torch.nn.functional.conv2d(h.permute(0, 3, 1, 2), w, t(p["dwconv"]["bias"]), padding=1, groups=32)
   h = torch.nn.functional.gelu(h).permute(0, 2, 3, 1)
-  ref = (h @ t(p["linear2"]["kernel"]) + t(p["linear2"]["bias"])).numpy()
+  return (h @ t(p["linear2"]["kernel"]) + t(p["linear2"]["bias"])).numpy()
+
+
+def _leff_stored():
+  """(input, params, torch output) stored by ``python tests/test_ast.py --write-leff-reference``: the fixtures
+  of ../shared use FRFN, so LeFF's torch parity is kept here for runs without PyTorch."""
+  data = np.load(LEFF_REFERENCE)
+  params = traverse_util.unflatten_dict({tuple(k.split("/")): data[k] for k in data.files if "/" in k})
+  return data["input"], params, data["output"]
+
+
+@pytest.mark.parametrize("pol", [Policy(), CPU], ids=["xla", "cpu"])
+def test_leff_matches_stored_torch_output(pol):
+  x, p, ref = _leff_stored()
+  out = np.asarray(frfn.LeFF(8, 32, policy=pol).apply({"params": p}, x))
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_leff_matches_torch_ops():
+  """LeFF against torch.nn.functional on the stored input and parameters; the stored output is what torch gives."""
+  torch = pytest.importorskip("torch", reason=TORCH_REASON + "; test_leff_matches_stored_torch_output covers it")
+  x, p, stored = _leff_stored()
+  p = jax.tree_util.tree_map(np.array, p)  # writable copies for torch
+  ref = _leff_torch(torch, x, p)
+  np.testing.assert_allclose(ref, stored, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(frfn.LeFF(8, 32).apply({"params": p}, x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def _write_leff_reference():
+  import torch
+  x = np.random.default_rng(0).normal(size=(2, 6, 10, 8)).astype(np.float32)
+  p = jax.tree_util.tree_map(np.array, _random_params(frfn.LeFF(8, 32), x, scale=0.3))
+  flat = {"/".join(k): v for k, v in traverse_util.flatten_dict(p).items()}
+  LEFF_REFERENCE.parent.mkdir(exist_ok=True)
+  np.savez(LEFF_REFERENCE, input=x, output=_leff_torch(torch, x, p), **flat)
 
 
 # ------------------------------------------------------------------------------------------ windows, masks, indices
@@ -247,7 +275,7 @@ def test_gelu_is_exact_erf_form():
   ours = np.asarray(frfn.gelu(jnp.asarray(x)))
   np.testing.assert_allclose(ours, jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
   assert np.abs(ours - np.asarray(jax.nn.gelu(x, approximate=True))).max() > 1e-4  # not the tanh form
-  torch = pytest.importorskip("torch")
+  torch = pytest.importorskip("torch", reason=TORCH_REASON + "; the erf-form comparison above covers it")
   np.testing.assert_allclose(ours, torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), rtol=2e-6, atol=1e-6)
 
 
@@ -410,3 +438,7 @@ def test_remat_keeps_values_and_gradients():
     np.testing.assert_allclose(p1, p0, rtol=1e-4, atol=1e-7)
   assert jax.tree_util.tree_structure(_random_params(_small_model(remat=True), x[..., :3])) == \
       jax.tree_util.tree_structure(_random_params(_small_model(), x[..., :3]))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-leff-reference"]:
+  _write_leff_reference()

@@ -34,10 +34,9 @@ def _load(name, *args):
 def _parse(argv):
   """Parses ``argv`` with a fresh ``--config`` flag defined exactly as sparse_restore.main defines it."""
   from absl import flags
-  from ml_collections import config_flags
   argv = ["prog"] + list(argv)
   fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True, sys_argv=argv)
+  config_files.define_config_flag("config", "config", flag_values=fv, lock_config=True, sys_argv=argv)
   fv(argv)
   return fv.config
 
@@ -166,7 +165,8 @@ def _driver(workdir: str, raw_dir: str, out: str):
   subprocess by the test, see ``__main__``) and records what the loop asked the input pipeline for, the logged
   metrics and the loss of the final parameters on the first training batch."""
   import jax
-  import tensorflow as tf
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
   from sparse_restore import input_pipeline, losses, train
   config = _load("ast_tiny")
   config.data.name = "rain200h"  # any folder dataset; the layout of _write_tiny_pairs
@@ -187,12 +187,10 @@ def _driver(workdir: str, raw_dir: str, out: str):
   b0 = calls[0]["first"]
   loss_fn = losses.get(config.loss)
   final_loss = float(loss_fn(module.apply({"params": params}, b0["input"]), b0["target"]))
-  scalars = {}
-  for path in pathlib.Path(workdir).glob("events.out.tfevents.*"):
-    for event in tf.compat.v1.train.summary_iterator(str(path)):
-      for v in event.summary.value:
-        if v.tag in ("train/loss", "train/lr"):
-          scalars.setdefault(v.tag, {})[int(event.step)] = float(tf.make_ndarray(v.tensor))
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  scalars = {tag: {int(e.step): float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+             for tag in ("train/loss", "train/lr")}
   np.savez(os.path.join(out, "final_params.npz"), **_flat_params(params))
   with open(os.path.join(out, "result.json"), "w") as f:
     json.dump({"calls": [{k: v for k, v in c.items() if k != "first"} for c in calls], "final_loss": final_loss,

@@ -1,5 +1,6 @@
 """``sparse_restore.config_files``: the configs load by path, extend their siblings, and a wrong path is named."""
 import pathlib
+import warnings
 
 import pytest
 
@@ -20,3 +21,30 @@ def test_every_config_loads_and_documents_its_fields(path):
 def test_missing_config_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.py"):
     config_files.load_config(tmp_path / "nope.py")
+
+
+def test_config_flag_loads_overrides_and_locks_without_deprecated_importlib(tmp_path):
+  """The --config flag of sparse_restore.main: overrides, ``file.py:arg``, a locked config, a named missing file,
+  and no DeprecationWarning (ml_collections' own loader calls importlib's deprecated load_module())."""
+  from absl import flags
+  (tmp_path / "cfg.py").write_text("import ml_collections\n"
+                                   "def get_config(size='small'):\n"
+                                   "  return ml_collections.ConfigDict({'size': size, 'seed': 0})\n")
+
+  def parse(*args):
+    argv = ["prog", *args]
+    fv = flags.FlagValues()
+    config_files.define_config_flag("config", "config file", flag_values=fv, sys_argv=argv)
+    fv(argv)
+    return fv.config
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    config = parse(f"--config={tmp_path / 'cfg.py'}:big", "--config.seed=7")
+  assert (config.size, config.seed) == ("big", 7)
+  with pytest.raises(AttributeError):
+    config.new_field = 1  # locked
+  with pytest.raises(AttributeError, match="sede"):
+    parse(f"--config={tmp_path / 'cfg.py'}", "--config.sede=7")
+  with pytest.raises(FileNotFoundError, match="nope.py"):
+    parse(f"--config={tmp_path / 'nope.py'}")

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from flax import traverse_util
 
 from sparse_restore import models
@@ -264,6 +263,8 @@ def test_feedforward_variants(ffn_type):
 
 @pytest.mark.parametrize("pol", [Policy(), CPU], ids=["portable", "cpu"])
 def test_avg_pool_excludes_padding_like_torch(pol):
+  torch = pytest.importorskip("torch", reason="PyTorch not installed (optional, see README Installation); "
+                              "test_matches_pytorch_reference[mefc] covers MEFC's average pooling without it")
   x = np.random.default_rng(2).standard_normal((2, 5, 7, 3)).astype(np.float32)
   want = torch.nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)(
       torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)

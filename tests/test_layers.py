@@ -4,13 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from sparse_restore import models
 from sparse_restore.models import layers, policy
 from sparse_restore.models.policy import Policy
 
 POLICIES = {"xla": Policy(), "shift": policy.for_platform("cpu"), "taps": Policy(conv="taps")}
+
+# The torch comparisons below pin single layers down; without PyTorch the same layouts (depthwise, dilated and
+# grouped convolutions, PixelShuffle/Unshuffle, both LayerNorm kinds) are proven by the stored outputs of the
+# authors' networks: tests/test_drsformer.py::test_matches_pytorch_reference and test_ast.py::test_parity_with_reference.
+TORCH_REASON = ("PyTorch not installed (optional, see README Installation); the fixture-output parity tests of "
+                "test_drsformer.py / test_ast.py cover these layers without it")
 
 # (kernel, padding, dilation, in_channels, out_channels, groups): the convolutions DRSformer uses.
 CONV_CASES = {
@@ -49,6 +54,7 @@ def test_conv2d_matches_reference(case, impl):
 @pytest.mark.parametrize("case", ["dw7x7", "dil5x5", "msfn5x5_g2", "dense3x3"])
 def test_conv_reference_matches_torch(case):
   """The lax reference itself agrees with torch.nn.functional.conv2d (kernel layout and grouping)."""
+  torch = pytest.importorskip("torch", reason=TORCH_REASON)
   k, pad, dil, cin, cout, groups = CONV_CASES[case]
   x = _rand(3, (1, 9, 12, cin))
   kernel = _rand(4, (k, k, cin // groups, cout))
@@ -62,17 +68,19 @@ def test_conv_reference_matches_torch(case):
 @pytest.mark.parametrize("r", [2, 3])
 def test_pixel_shuffle_matches_torch(r):
   x = _rand(5, (2, 4, 6, 3 * r * r))
+  y = _rand(6, (2, 4 * r, 6 * r, 5))
+  np.testing.assert_array_equal(np.asarray(layers.pixel_shuffle(layers.pixel_unshuffle(jnp.asarray(y), r), r)), y)
+  torch = pytest.importorskip("torch", reason=TORCH_REASON)
   torch_out = torch.nn.PixelShuffle(r)(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
   np.testing.assert_array_equal(np.asarray(layers.pixel_shuffle(jnp.asarray(x), r)), torch_out.transpose(0, 2, 3, 1))
-  y = _rand(6, (2, 4 * r, 6 * r, 5))
   torch_out = torch.nn.PixelUnshuffle(r)(torch.from_numpy(y.transpose(0, 3, 1, 2).copy())).numpy()
   np.testing.assert_array_equal(np.asarray(layers.pixel_unshuffle(jnp.asarray(y), r)),
                                 torch_out.transpose(0, 2, 3, 1))
-  np.testing.assert_array_equal(np.asarray(layers.pixel_shuffle(layers.pixel_unshuffle(jnp.asarray(y), r), r)), y)
 
 
 @pytest.mark.parametrize("kind", ["WithBias", "BiasFree"])
 def test_channel_layernorm_matches_torch(kind):
+  torch = pytest.importorskip("torch", reason=TORCH_REASON)
   x = _rand(7, (2, 5, 3, 12)) * 3 + 1.5  # A non-zero mean tells the two kinds apart.
   scale, bias = _rand(8, (12,)), _rand(9, (12,))
   params = {"scale": scale} if kind == "BiasFree" else {"scale": scale, "bias": bias}

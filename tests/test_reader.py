@@ -14,13 +14,16 @@ import pytest
 from sparse_restore.convert import reader
 from sparse_restore.convert.rules import ConversionError
 
+# Without PyTorch, the reader's parity proof is indirect: converting the fixtures' .pth files reproduces the
+# stored outputs of the authors' networks (test_convert.py, test_drsformer.py, test_ast.py).
+TORCH_REASON = "PyTorch not installed (optional, see README Installation): no torch.load/torch.save to compare with"
 FIXTURES = ("drsformer_tiny_mefc", "drsformer_tiny_nomefc", "drsformer_tiny_biasfree", "ast_tiny")
 
 
 @pytest.fixture(name="torch")
 def torch_module():
   """torch, only to write reference files and compare with torch.load (the reader itself never needs it)."""
-  return pytest.importorskip("torch")
+  return pytest.importorskip("torch", reason=TORCH_REASON)
 
 
 def _assert_same(ours, theirs, where="root"):
@@ -163,6 +166,18 @@ class _Tensor:
     return (torch._utils._rebuild_tensor_v2, self.args)
 
 
+def test_malicious_handmade_archive_is_refused_without_torch(tmp_path):
+  """The refusal of a booby-trapped pickle, on an archive written without PyTorch (torch's zip layout)."""
+  marker = tmp_path / "pwned"
+  path = tmp_path / "evil.pth"
+  _torch_zip(path, pickle.dumps({"payload": _Evil(marker)}, protocol=2), {})
+  with pytest.raises(ConversionError, match=f"disallowed global '{os.system.__module__}.system'"):
+    reader.read_checkpoint(path)
+  assert not marker.exists()
+  pickle.loads(pickle.dumps(_Evil(marker)))  # control: the payload is armed
+  assert marker.exists()
+
+
 @pytest.mark.parametrize("size,stride,offset", [((10,), (1,), 0), ((2, 2), (2, 1), 1), ((3,), (2,), 0)])
 def test_out_of_bounds_tensor_is_refused(tmp_path, size, stride, offset, torch):
   buf = io.BytesIO()
@@ -205,7 +220,7 @@ def test_corrupt_files_name_the_file(tmp_path, fixtures_dir, how):
     with zipfile.ZipFile(path, "w") as z:
       z.writestr("readme.txt", "hello")
   else:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason=TORCH_REASON)
     legacy = tmp_path / "legacy_full.pth"
     torch.save({"w": torch.randn(100, 10)}, legacy, _use_new_zipfile_serialization=False)
     path.write_bytes(legacy.read_bytes()[:-200])

@@ -80,11 +80,19 @@ flags appended to scale them down (a tiny network, a few steps, small images):
   python -m pytest -m slow
     -> CI: .ci/run runs it after the default selection
   pip install -e .
-    -> not run: a subset of the `.[all]` install CI does
-  pip install -U "jax[tpu]"
-    -> not run: needs a TPU host
-  pip install -U "jax[cuda12]"
+    -> not run: a subset of the `.[all]` install CI does (README's install table: measured in a fresh venv)
+  pip install -e ".[train]"
+    -> not run: a subset of the `.[all]` install CI does (README's install table: measured in a fresh venv)
+  pip install torch
+    -> not run: from PyPI a CUDA build of several GB; CI installs torch==2.13.0 (CPU) for Python 3.11 (.ci/run)
+  pip install torch --index-url https://download.pytorch.org/whl/cpu
+    -> not run: PyTorch's own index (CI uses the CPU wheel torch==2.13.0, .ci/run)
+  pip install -e ".[train,cuda]"
     -> not run: needs an NVIDIA GPU host
+  pip install -e ".[cuda]"
+    -> not run: needs an NVIDIA GPU host
+  pip install -e ".[tpu]"
+    -> not run: needs a TPU host
   python -c "from sparse_restore import datasets; datasets.get_builder('rain200h',
       data_dir='~/tensorflow_datasets', manual_dir='/path/to/Rain200H').build()"
     -> test_readme_commands.py::test_build_with_python_c
@@ -189,8 +197,6 @@ import pytest
 from sparse_restore import config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# ml_collections loads config files with the deprecated importlib load_module().
-pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 MARKDOWN_DOCS = ("README.md", "data/README.md", "colab/README.md")
 DOCSTRING_DOCS = tuple(sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))) + (
@@ -453,8 +459,7 @@ def check_main(args: Sequence[str]) -> Optional[str]:
   left alone): unknown flags, bad enum values, a missing config file, a --config.<field> the config lacks or a
   value of the wrong type are reported."""
   from absl import flags
-  from ml_collections import config_flags
-  from sparse_restore import main
+  from sparse_restore import config_files, main
   args = list(args)
   for i, a in enumerate(args):  # the config path is relative to the repository root, where the commands run
     if a == "--config" and i + 1 < len(args) and not os.path.isabs(args[i + 1]):
@@ -468,7 +473,7 @@ def check_main(args: Sequence[str]) -> Optional[str]:
   for flag in main.FLAGS.get_flags_for_module(main.__name__):
     if flag.name != "config":
       fv[flag.name] = copy.deepcopy(flag)  # keeps mark_flags_as_required's validators
-  config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv,
+  config_files.define_config_flag("config", "config file", flag_values=fv,
                                   lock_config=main.FLAGS["config"].parser._lock_config, sys_argv=argv)
   try:
     rest = fv(argv)

@@ -1,7 +1,7 @@
 """Training job: schedules, losses, data-parallel updates, exact resumption, divergence handling, evaluation.
 
 The loop tests run the real training loop (grain input pipeline over the generated synthetic_rain data, Orbax
-checkpoints, clu writers) on configs/tiny.py. XLA:CPU compiles the tiny DRSformer's train step slowly, so the
+checkpoints, TensorBoard events) on configs/tiny.py. XLA:CPU compiles the tiny DRSformer's train step slowly, so the
 runs share compilations through JAX's persistent compilation cache (kept in pytest's cache folder) and one
 module-level reference run (4 devices, 6 steps) serves as the uninterrupted baseline for several tests.
 """
@@ -197,7 +197,21 @@ def test_reference_run_writes_workdir(reference_run):
   assert len(pngs) == 2 and all(p.endswith(".png") for p in pngs)
   assert os.path.isfile(os.path.join(ev, "metrics.csv"))
   assert result.eval is not None and result.eval.summary["psnr"] == pytest.approx(doc["summary"]["psnr"])
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  # TensorBoard events (sparse_restore.summary_writer), read as TensorBoard reads them, without TensorFlow.
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.util import tensor_util
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  value = lambda e: tensor_util.make_ndarray(e.tensor_proto)
+  losses_logged = {e.step: float(value(e)) for e in acc.Tensors("train/loss")}
+  assert sorted(losses_logged) == [2, 4, 6]
+  assert losses_logged[6] == pytest.approx(np.mean(result.losses[4:6]), rel=1e-6)
+  assert [e.step for e in acc.Tensors("steps_per_sec")] == [2, 4, 6]
+  assert float(value(acc.Tensors("eval/psnr")[0])) == pytest.approx(doc["summary"]["psnr"], rel=1e-6)
+  (strip,) = [t for t in acc.Tags()["tensors"] if t.startswith("eval/0_")]
+  width, height = (int(v) for v in value(acc.Tensors(strip)[0])[:2])
+  assert width == 3 * height  # input | output | target
+  assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 
 def test_four_devices_match_one_device_and_lower_the_loss(reference_run, tiny_data, tmp_path):
@@ -208,7 +222,9 @@ def test_four_devices_match_one_device_and_lower_the_loss(reference_run, tiny_da
   mesh1 = sharding.make_mesh(jax.devices()[:1])
   one = train.train_and_evaluate(cfg, str(tmp_path / "one"), mesh=mesh1)
   np.testing.assert_allclose(one.losses, ref.losses, rtol=1e-5)
-  assert_trees_equal(host_params(one.state.params), host_params(ref.state.params), rtol=1e-4, atol=1e-6)
+  # Summed over 4 devices or 1, gradients differ in the last bits; Adam's normalised steps carry that into small
+  # parameters (jax 0.12: 1.7e-6 on a 0.005 kernel entry after 6 steps of lr 2e-3, i.e. 0.1% of one step).
+  assert_trees_equal(host_params(one.state.params), host_params(ref.state.params), rtol=1e-4, atol=1e-5)
 
   # Loss of the final parameters on the first batch (through the same jitted update on the 1-device mesh)
   # against the first step's loss, which was measured with the initial parameters on that batch.

@@ -27,7 +27,8 @@
 * :func:`list_images` -- image files of a folder by extension (:data:`IMAGE_EXTENSIONS`), in natural order
   (:func:`natural_key`: ``2.png`` before ``10.png``). The datasets, the inference and the scoring CLIs all
   list folders with it.
-* :func:`check_no_overwrite` -- refuses output paths that are the same files as inputs.
+* :func:`check_no_overwrite` -- refuses output paths that are the same files as inputs;
+  :func:`prepare_output_dir` creates an output folder and proves it writable.
 """
 from __future__ import annotations
 
@@ -460,6 +461,27 @@ def write_png(path: str, img, *, overwrite: bool = True) -> str:
       raise ImageWriteError(f"{path}: cannot write ({e})") from None
     raise
   return path
+
+
+def prepare_output_dir(folder: str) -> str:
+  """Creates ``folder`` (and its parents) if needed and proves that files can be written into it by creating and
+  deleting a hidden probe file, which also catches read-only file systems and ACLs that permission bits do not
+  show. Returns the folder; raises :class:`ImageWriteError` naming it otherwise. Cheap: run it before any long
+  work."""
+  folder = os.fspath(folder)
+  if os.path.lexists(folder) and not os.path.isdir(folder):
+    raise ImageWriteError(f"{folder}: exists and is not a directory")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ImageWriteError(f"{folder}: cannot create the output folder ({e.strerror or e})") from None
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ImageWriteError(f"{folder}: cannot write into the output folder ({e.strerror or e})") from None
+  return folder
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -10,7 +10,9 @@
   - 8-bit values are divided by 255, 16-bit ones by 65535. Pillow decodes 16-bit *colour* PNGs to 8 bits, so
     those are decoded here (:func:`_decode_png16`, exact 16-bit values); 16-bit colour and float TIFFs are
     read with ``tifffile`` when it is installed (float data is clipped to [0, 1]);
-  - an unreadable, truncated or corrupt file raises :class:`ImageReadError` whose message names the file.
+  - an unreadable, truncated or corrupt file raises :class:`ImageReadError` whose message names the file;
+    so does compressed data that inflates beyond the size the header declares (decompression bombs: inflation
+    stops at that size) and an image above Pillow's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``).
 
 * :func:`read_uint8_rgb` -- the exact 8-bit values (what MATLAB ``imread`` returns for 8-bit files) as uint8
   ``HxWx3``, for the metrics. Same channel handling (gray replicated, alpha dropped, EXIF applied); 16-bit
@@ -514,6 +516,20 @@ def check_no_overwrite(outputs: Iterable[str], inputs: Iterable[str]) -> None:
       clashes.append(os.fspath(out))
   if clashes:
     raise ImageWriteError("refusing to overwrite input file(s): " + ", ".join(clashes))
+
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_grayscale(path: str) -> bool:
+  """Whether ``path`` stores one gray channel (plus alpha, perhaps), from its header: modes 1 / L / LA / I;16 /
+  I / F. Palette images count as colour (they are read as RGB) even when every palette entry is gray."""
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      return im.mode in _GRAY_MODES
+  except Exception as e:
+    raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def image_size(path: str) -> Tuple[int, int]:

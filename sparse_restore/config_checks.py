@@ -118,7 +118,6 @@ def _check_model(c: _Checker, platform: Optional[str]):
   if len(c.problems) > before:
     return None
   try:
-    import jax  # noqa: F401  (the construction below traces with it)
     module = train.create_model(c.config, platform or "cpu", train=True)
     models.abstract_params(module)
   except Exception as e:  # The network's own argument checks, or what a bad combination of values breaks.
@@ -137,7 +136,8 @@ def _check_stages(c: _Checker, module, num_devices: Optional[int]):
   try:
     stages = schedules.resolve_stages(c.config)
   except (ValueError, TypeError, KeyError) as e:
-    c.problem("stages" if multi else "num_train_steps", str(e))
+    if not (not multi and "unknown schedule" in str(e)):  # a bad top-level schedule is reported as config.schedule
+      c.problem("stages" if multi else "num_train_steps", str(e))
     return
   multiple = int(getattr(module, "size_multiple", 1) or 1) if module is not None else 1
   entries = list(c.get("stages") or ())
@@ -199,9 +199,9 @@ def validate_config(config, *, mode: str = "train", num_devices: Optional[int] =
   """Raises :class:`ConfigError` listing every invalid value of ``config`` (none: returns None).
 
   ``mode`` 'train' checks everything training uses; 'evaluate' the fields evaluation uses (``data``, ``eval``;
-  the network comes from the checkpoint). ``num_devices``: the global batch must split over them. ``platform``: the network is built
-  for it (default: CPU; the checks do not depend on it). ``workdir``: ``init_from`` must exist unless the workdir
-  already has checkpoints (then it is ignored).
+  the network comes from the checkpoint). ``num_devices``: the global batch must split over them.
+  ``platform``: the network is built for it (default: CPU; the checks do not depend on it). ``workdir``:
+  ``init_from`` must exist unless the workdir already has checkpoints (then it is ignored).
   """
   from sparse_restore import losses, train
   from sparse_restore.models import policy as policy_lib
@@ -251,8 +251,4 @@ def validate_config(config, *, mode: str = "train", num_devices: Optional[int] =
 
 def _has_step_folders(workdir: str) -> bool:
   from sparse_restore import checkpoint
-  folder = os.path.join(os.path.expanduser(workdir), checkpoint.CHECKPOINTS_DIR)
-  try:
-    return any(n.isdigit() for n in os.listdir(folder))
-  except OSError:
-    return False
+  return bool(checkpoint.step_folders(os.path.expanduser(workdir)))

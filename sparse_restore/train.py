@@ -8,6 +8,7 @@ Layout of a workdir::
 
     <workdir>/model.json              the network (registry name + constructor arguments), written at start
     <workdir>/checkpoints/<step>/     Orbax CheckpointManager: items params, opt_state, meta (JSON), data (grain)
+    <workdir>/checkpoints_damaged/    damaged steps newer than the one a run resumed from (kept for inspection)
     <workdir>/eval/<step>/            restored PNGs, metrics.csv, metrics.json of each evaluation
     <workdir>/tfds/                   built datasets when config.data.data_dir is ''
     <workdir>/events.out.tfevents.*   TensorBoard scalars (loss, lr, grad norm, steps/s, eval PSNR/SSIM) and images
@@ -15,8 +16,8 @@ Layout of a workdir::
 Data parallelism: one mesh axis ``data`` over all devices of all processes; params/optimizer state replicated, the
 batch split over ``data``. Each process reads its own share of every global batch and
 :func:`sparse_restore.sharding.global_batch` assembles the global array. Restarting with the same workdir resumes
-from the newest checkpoint (params, optimizer state, data-iterator position), giving the same parameters as an
-uninterrupted run.
+from the newest intact checkpoint (params, optimizer state, data-iterator position), giving the same parameters as an
+uninterrupted run. The config is validated first (:mod:`sparse_restore.config_checks`).
 """
 from __future__ import annotations
 

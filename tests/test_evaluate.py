@@ -188,4 +188,5 @@ def test_grayscale_against_colour_is_an_error_naming_both_files(tmp_path):
   Image.fromarray(gray).save(res / "a.png")
   (record,) = evaluate.evaluate_folders(str(res), str(tgt))
   assert record["psnr"] == math.inf and record["ssim"] == 1.0
-  assert "grayscale image paired with a colour one is an error" in " ".join(evaluate.build_parser().format_help().split())
+  help_text = " ".join(evaluate.build_parser().format_help().split())
+  assert "grayscale image paired with a colour one is an error" in help_text

@@ -90,7 +90,8 @@ def get_config():
   config.log_every_steps = 100               # write train loss / lr / grad norm / steps per second
   config.eval_every_steps = 5_000            # full-image evaluation of the eval split, also after the last step (0 off)
   config.checkpoint_every_steps = 5_000      # Orbax checkpoint (also after the last step)
-  config.max_checkpoints_to_keep = 3         # older checkpoints are deleted
+  config.max_checkpoints_to_keep = 3         # older ones are deleted; 0 = keep all, else >= 2 (a damaged newest
+                                             # checkpoint falls back to the one before it)
   config.profile = False                     # capture a jax profiler trace of a few steps into the workdir
 
   config.eval = ml_collections.ConfigDict()

@@ -34,6 +34,6 @@ def get_config():
   config.log_every_steps = 50
   config.eval_every_steps = 500  # evaluate (print rainy vs restored PSNR) at the end; the last step always evaluates
   config.checkpoint_every_steps = 200
-  config.max_checkpoints_to_keep = 1
+  config.max_checkpoints_to_keep = 2          # at least 2: a damaged newest checkpoint falls back to the one before
   config.eval.num_summary_images = 4
   return config

@@ -15,11 +15,13 @@ alike. Training also checks a workdir's ``model.json`` against its config here (
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import shutil
+import sys
 import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -38,6 +40,11 @@ VERSION = 1
 
 class CheckpointError(RuntimeError):
   """A checkpoint directory is missing, incomplete or inconsistent; the message names the path."""
+
+
+class CheckpointDamagedError(CheckpointError):
+  """A checkpoint's files are damaged: a step folder that is empty or was never finished, or data that is
+  truncated, missing or unreadable (as opposed to intact data of another network: a plain CheckpointError)."""
 
 
 class ModelMismatchError(ValueError):
@@ -223,13 +230,158 @@ def _restore_target(abstract):
   return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
 
 
-def latest_step(workdir: str) -> Optional[int]:
-  """The newest finished step saved under ``workdir/checkpoints`` (None if there is none)."""
+STEP_METADATA = "_CHECKPOINT_METADATA"  # written by Orbax when a step is finalised
+DAMAGED_DIR = "checkpoints_damaged"     # where training moves damaged steps newer than the one it resumes from
+
+
+def step_folders(workdir: str) -> List[int]:
+  """Steps with a folder under ``workdir/checkpoints``, newest first, whether intact or not."""
   ckdir = os.path.join(workdir, CHECKPOINTS_DIR)
-  if not os.path.isdir(ckdir):
-    return None
-  steps = [int(d) for d in os.listdir(ckdir) if d.isdigit() and os.path.isdir(os.path.join(ckdir, d))]
-  return max(steps) if steps else None
+  try:
+    names = os.listdir(ckdir)
+  except OSError:
+    return []
+  return sorted((int(d) for d in names if d.isdigit() and os.path.isdir(os.path.join(ckdir, d))), reverse=True)
+
+
+def _short_cause(e: BaseException) -> str:
+  """The innermost useful line of an Orbax/TensorStore error (their messages embed pages of JSON specs)."""
+  while (e.__cause__ or e.__context__) is not None and "See full TensorStore details" in str(e):
+    e = e.__cause__ or e.__context__
+  text = str(e).strip() or type(e).__name__
+  for cut in (" [tensorstore_spec", "See full TensorStore details", "\n"):
+    text = text.split(cut)[0]
+  text = text.strip()
+  return text if len(text) <= 300 else text[:297] + "..."
+
+
+def step_problem(step_dir: str, items=("params",)) -> Optional[str]:
+  """Why ``step_dir`` (``checkpoints/<step>``) cannot be a finished checkpoint with ``items``, or None.
+
+  Cheap checks of the layout Orbax leaves when a save completes: the folder is not empty, its step metadata
+  exists and parses, every item folder exists and is not empty, and the small JSON items (``meta``, ``data``)
+  parse. Truncated array data is only found by restoring it.
+  """
+  try:
+    names = os.listdir(step_dir)
+  except OSError as e:
+    return f"cannot be read ({e.strerror or e})"
+  if not names:
+    return "empty folder"
+  meta_file = os.path.join(step_dir, STEP_METADATA)
+  if not os.path.isfile(meta_file):
+    return f"no {STEP_METADATA} (the save did not finish)"
+  try:
+    with open(meta_file) as f:
+      json.load(f)
+  except (OSError, ValueError) as e:
+    return f"{STEP_METADATA} is unreadable ({e})"
+  for item in items:
+    folder = os.path.join(step_dir, item)
+    try:
+      files = os.listdir(folder)
+    except OSError:
+      return f"item {item}/ is missing"
+    if not files:
+      return f"item {item}/ is empty"
+    if item in ("meta", "data"):  # small JSON items: a truncated one would only fail once training has started
+      for name in files:
+        if name == "commit_success.txt":
+          continue
+        try:
+          with open(os.path.join(folder, name)) as f:
+            json.load(f)
+        except (OSError, ValueError) as e:
+          return f"{item}/{name} is unreadable ({e})"
+  return None
+
+
+def latest_step(workdir: str, items=("params",)) -> Optional[int]:
+  """The newest step under ``workdir/checkpoints`` that passes :func:`step_problem` (None if there is none).
+
+  Damaged folders newer than it are passed over; :func:`load_model` (which also restores the data, and so
+  detects truncated files) reports them.
+  """
+  for step in step_folders(workdir):
+    if step_problem(os.path.join(workdir, CHECKPOINTS_DIR, str(step)), items) is None:
+      return step
+  return None
+
+
+def _flat(tree) -> Dict[str, Tuple[int, ...]]:
+  """``{"a/b/kernel": shape}`` of a params tree (arrays, ShapeDtypeStructs or Orbax array metadata)."""
+  def name(k):
+    return str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+  return {"/".join(name(k) for k in kp): tuple(getattr(leaf, "shape", ()) or ())
+          for kp, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _differences(stored, wanted, limit: int = 4) -> str:
+  """What differs between two :func:`_flat` maps ('' if nothing): missing, unexpected and mis-shaped entries."""
+  def listed(keys):
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+  parts = []
+  missing, unexpected = set(wanted) - set(stored), set(stored) - set(wanted)
+  if missing:
+    parts.append(f"{len(missing)} missing: {listed(missing)}")
+  if unexpected:
+    parts.append(f"{len(unexpected)} unexpected: {listed(unexpected)}")
+  shapes = [k for k in sorted(set(stored) & set(wanted)) if stored[k] != wanted[k]]
+  if shapes:
+    parts.append(f"{len(shapes)} with other shapes: " + ", ".join(
+        f"{k} {stored[k]} stored, {wanted[k]} needed" for k in shapes[:limit])
+                 + (f" (+{len(shapes) - limit} more)" if len(shapes) > limit else ""))
+  return "; ".join(parts)
+
+
+_QUIETED = []
+
+
+def _quiet_failed_restore_aftermath() -> None:
+  """After a restore of damaged data fails, Orbax's remaining TensorStore reads still fail in the background:
+  each one prints a traceback ("Event loop is closed", via sys.unraisablehook) and asyncio logs "exception was
+  never retrieved" with pages of TensorStore specs. The damage has been reported by then, so those two kinds
+  of messages (and only those) are dropped from then on."""
+  if _QUIETED:
+    return
+  _QUIETED.append(True)
+  previous = sys.unraisablehook
+
+  def unraisable(info):
+    if isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in str(info.exc_value):
+      return
+    previous(info)
+
+  sys.unraisablehook = unraisable
+  std_logging.getLogger("asyncio").addFilter(
+      lambda record: not ("exception was never retrieved" in record.getMessage()
+                          and "tensorstore" in repr(record.exc_info or record.getMessage()).lower()))
+
+
+def _restore_tree(item_dir: str, abstract, what: str, mismatch: str):
+  """Restores the Orbax StandardSave at ``item_dir`` into ``abstract`` (ShapeDtypeStructs with shardings).
+
+  The stored tree's metadata is compared with ``abstract`` first: different entries or shapes are a
+  :class:`CheckpointError` ("``mismatch``: ..."). When they agree (or the metadata itself is unreadable), a
+  failing restore means damaged data: :class:`CheckpointDamagedError` naming ``item_dir``.
+  """
+  ckptr = _ocp().StandardCheckpointer()
+  try:
+    stored = _flat(ckptr.metadata(item_dir).item_metadata)
+  except Exception:
+    stored = None
+  # Unreadable metadata (Orbax hands out an empty tree when _METADATA is missing or broken) is damage, unless
+  # the data still restores without it.
+  if stored:
+    diff = _differences(stored, _flat(abstract))
+    if diff:
+      raise CheckpointError(f"{mismatch}: {diff}")
+  try:
+    return ckptr.restore(item_dir, abstract)
+  except Exception as e:
+    _quiet_failed_restore_aftermath()
+    raise CheckpointDamagedError(f"{item_dir}: {what} data is damaged or truncated ({_short_cause(e)})") from None
 
 
 def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy_lib.Policy] = None,
@@ -239,6 +391,11 @@ def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy
   Returns ``(module, params, info)`` where ``info`` is the ``model.json`` dict (plus ``"step"`` for workdirs).
   The module runs with ``policy`` (default: the one for JAX's first device, where ``restore`` runs it);
   ``overrides`` are passed to its constructor.
+
+  Parameters of another network (other names or shapes) are a :class:`CheckpointError` listing the
+  differences; damaged or truncated files a :class:`CheckpointDamagedError` naming the folder. Without
+  ``step``, a workdir's newest intact checkpoint is used: newer damaged ones are skipped with a warning each
+  (listed in ``info["skipped"]``).
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
@@ -246,23 +403,37 @@ def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy
   info = read_model_json(path)
   module = build_module(info, policy=policy or policy_lib.for_device(), **overrides)
   target = _restore_target(models.abstract_params(module))
-  ocp = _ocp()
+  mismatch = f"{path}: parameters do not match {info['arch']}({info['config']})"
   if os.path.isdir(os.path.join(path, PARAMS_DIR)):
-    try:
-      params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_DIR), target)
-    except Exception as e:  # Orbax raises a zoo of types for shape/structure mismatches.
-      raise CheckpointError(f"{path}: parameters do not match {info['arch']}({info['config']}): {e}") from None
+    params = _restore_tree(os.path.join(path, PARAMS_DIR), target, "parameter", mismatch)
     return module, params, info
-  step = latest_step(path) if step is None else step
-  if step is None:
+  steps = step_folders(path)
+  if not steps:
     raise CheckpointError(f"{path}: has {MODEL_JSON} but neither {PARAMS_DIR}/ nor any {CHECKPOINTS_DIR}/<step>")
-  mngr = ocp.CheckpointManager(os.path.join(path, CHECKPOINTS_DIR), item_names=("params",))
-  try:
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  except Exception as e:
-    raise CheckpointError(f"{path}: could not restore params of step {step}: {e}") from None
-  info = dict(info, step=int(step))
-  return module, restored["params"], info
+  if step is not None:
+    if int(step) not in steps:
+      raise CheckpointError(f"{path}: no checkpoint of step {step} (steps: {', '.join(map(str, sorted(steps)))})")
+    steps = [int(step)]
+  skipped = []
+  for s in steps:
+    step_dir = os.path.join(path, CHECKPOINTS_DIR, str(s))
+    try:
+      problem = step_problem(step_dir)
+      if problem is not None:
+        raise CheckpointDamagedError(f"{step_dir}: {problem}")
+      params = _restore_tree(os.path.join(step_dir, PARAMS_DIR), target, "parameter", mismatch)
+    except CheckpointDamagedError as e:
+      if step is not None:
+        raise
+      skipped.append(str(e))
+      continue
+    for reason in skipped:
+      logging.warning("Skipped a damaged checkpoint: %s", reason)
+    info = dict(info, step=int(s))
+    if skipped:
+      info["skipped"] = skipped
+    return module, params, info
+  raise CheckpointDamagedError(f"{path}: no intact checkpoint: " + "; ".join(skipped))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,14 +441,23 @@ def load_model(path: str, *, step: Optional[int] = None, policy: Optional[policy
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bool:
+def check_model_json(workdir: str, arch: str, description: Dict[str, Any], *, replace_unused: bool = False) -> bool:
   """Raises :class:`ModelMismatchError` if ``<workdir>/model.json`` describes another network.
 
-  Returns whether the file exists.
+  Returns whether the file exists and describes this network. With ``replace_unused`` (the caller knows the
+  workdir has no checkpoint, e.g. an earlier run failed before its first save), a different or unreadable file
+  blocks nothing: a warning says it is being replaced and False is returned, so that the caller writes its own.
   """
-  if not os.path.isfile(os.path.join(workdir, MODEL_JSON)):
+  path = os.path.join(workdir, MODEL_JSON)
+  if not os.path.isfile(path):
     return False
-  info = read_model_json(workdir)
+  try:
+    info = read_model_json(workdir)
+  except CheckpointError as e:
+    if replace_unused:
+      logging.warning("Replacing %s, which no checkpoint uses: %s", path, e)
+      return False
+    raise
   old_arch, old = info["arch"], info["config"]
   if old_arch == arch and old == description:
     return True
@@ -287,8 +467,12 @@ def check_model_json(workdir: str, arch: str, description: Dict[str, Any]) -> bo
     keys = sorted(set(old) | set(description))
     diff = ", ".join(f"{k}: {old.get(k, '<unset>')!r} in the workdir vs {description.get(k, '<unset>')!r} in the config"
                      for k in keys if old.get(k) != description.get(k))
+  if replace_unused:
+    logging.warning("Replacing %s: it describes a different model (%s), but no checkpoint was saved with it "
+                    "(an earlier run stopped before its first checkpoint).", path, diff)
+    return False
   raise ModelMismatchError(
-      f"{os.path.join(workdir, MODEL_JSON)} describes a different model than the config ({diff}). "
+      f"{path} describes a different model than the config ({diff}). "
       "Refusing to resume: use a new --workdir, or set the config back to the workdir's model.")
 
 
@@ -316,10 +500,15 @@ class Checkpoints:
   ``params`` is a StandardSave of the params tree (what :func:`sparse_restore.checkpoint.load_model` reads),
   ``meta`` a JSON dict ``{"step", "stage", "stage_step"}``, ``data`` the grain iterator position (one JSON file per
   process). Saves are asynchronous for arrays; the data position is taken at save time.
+
+  Resuming (:meth:`restore_newest`) takes the newest *intact* step: step folders that are empty, unfinished or
+  whose data fails to restore are skipped with a warning and, once an older step has restored, moved to
+  ``<workdir>/checkpoints_damaged/`` (kept for inspection; the run saves those step numbers again).
   """
 
   def __init__(self, workdir: str, max_to_keep: int):
     ocp = self._ocp = _ocp()
+    self.workdir = workdir
     self.directory = os.path.join(workdir, CHECKPOINTS_DIR)
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=CHECKPOINT_ITEMS,
@@ -339,26 +528,107 @@ class Checkpoints:
         params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
         meta=ocp.args.JsonSave(meta), data=grain_ckpt.CheckpointSave(data_iter)))
 
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
   def restore_meta(self, step: int) -> Dict[str, Any]:
     ocp = self._ocp
-    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:
+      raise CheckpointDamagedError(f"{self._step_dir(step)}: meta item is unreadable ({_short_cause(e)})") from None
+
+  def _check_shapes(self, step: int, item: str, abstract) -> None:
+    """A :class:`CheckpointError` (not damage) when the stored ``item`` holds other entries or shapes."""
+    try:
+      stored = _flat(self._ocp.StandardCheckpointer().metadata(os.path.join(self._step_dir(step), item))
+                     .item_metadata)
+    except Exception:
+      return  # unreadable metadata: the restore decides
+    diff = _differences(stored, _flat(abstract)) if stored else ""
+    if diff:
+      raise CheckpointError(f"{self._step_dir(step)}: the {item} item does not match this config's model and "
+                            f"optimizer: {diff}")
 
   def restore(self, step: int, abstract_state, data_iter=None, *, with_opt_state: bool = True):
     """Restores params (and optimizer state and data position) of ``step`` into the shardings of
-    ``abstract_state`` (a TrainState of ShapeDtypeStructs)."""
+    ``abstract_state`` (a TrainState of ShapeDtypeStructs).
+
+    Raises :class:`CheckpointError` when the stored trees do not match ``abstract_state`` and
+    :class:`CheckpointDamagedError` when they match but the data cannot be read."""
     import grain.checkpoint as grain_ckpt
     ocp = self._ocp
+    self._check_shapes(step, "params", abstract_state.params)
     items = dict(params=ocp.args.StandardRestore(abstract_state.params))
     if with_opt_state:
+      self._check_shapes(step, "opt_state", abstract_state.opt_state)
       items["opt_state"] = ocp.args.StandardRestore(abstract_state.opt_state)
     if data_iter is not None:
       items["data"] = grain_ckpt.CheckpointRestore(data_iter)
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # Orbax raises many exception types for structure/shape mismatches.
-      raise CheckpointError(
-          f"{self.directory}/{step}: could not restore the training state ({type(e).__name__}: {e})") from None
+    except Exception as e:
+      _quiet_failed_restore_aftermath()
+      raise CheckpointDamagedError(
+          f"{self._step_dir(step)}: the training state is damaged or truncated ({_short_cause(e)})") from None
     return restored
+
+  def restore_data(self, step: int, data_iter) -> None:
+    """Moves ``data_iter`` to the data position saved with ``step``."""
+    import grain.checkpoint as grain_ckpt
+    try:
+      self.manager.restore(step, args=self._ocp.args.Composite(data=grain_ckpt.CheckpointRestore(data_iter)))
+    except Exception as e:
+      raise CheckpointDamagedError(
+          f"{self._step_dir(step)}: the data-iterator position is unreadable ({_short_cause(e)})") from None
+
+  def restore_newest(self, abstract_state_at, with_opt_state_at):
+    """Restores the newest intact step: ``(step, meta, restored)``, or None when there is no checkpoint.
+
+    ``abstract_state_at(step)`` gives the TrainState of ShapeDtypeStructs to restore into,
+    ``with_opt_state_at(step, meta)`` whether the optimizer state is wanted too. Steps that fail
+    :func:`step_problem` or whose data does not restore are skipped with a warning naming them, newest first,
+    and moved aside once an older one has restored. When none restores, :class:`CheckpointDamagedError` lists
+    them all and nothing is moved. Another network's checkpoint is a :class:`CheckpointError` at once.
+    """
+    damaged = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        problem = step_problem(self._step_dir(step), CHECKPOINT_ITEMS)
+        if problem is not None:
+          raise CheckpointDamagedError(f"{self._step_dir(step)}: {problem}")
+        meta = self.restore_meta(step)
+        restored = self.restore(step, abstract_state_at(step), with_opt_state=with_opt_state_at(step, meta))
+      except CheckpointDamagedError as e:
+        logging.warning("Skipping a damaged checkpoint: %s", e)
+        damaged.append((step, str(e)))
+        continue
+      if damaged:
+        self._set_aside([s for s, _ in damaged], resumed=step)
+      return step, meta, restored
+    if damaged:
+      raise CheckpointDamagedError(
+          f"{self.directory}: no intact checkpoint to resume from: " + "; ".join(m for _, m in damaged)
+          + ". Nothing was changed: move the damaged step folders away to start again from step 0, or use a new "
+          "--workdir.")
+    return None
+
+  def _set_aside(self, steps, *, resumed: int) -> None:
+    """Moves the damaged ``steps`` to ``<workdir>/checkpoints_damaged/`` (process 0; the others wait), so that
+    the run can save those steps again."""
+    if jax.process_index() == 0:
+      target_root = os.path.join(self.workdir, DAMAGED_DIR)
+      os.makedirs(target_root, exist_ok=True)
+      for step in steps:
+        target, n = os.path.join(target_root, str(step)), 1
+        while os.path.lexists(target):
+          target, n = os.path.join(target_root, f"{step}-{n}"), n + 1
+        os.replace(self._step_dir(step), target)
+        logging.warning("Moved the damaged checkpoint %s to %s; resuming from step %d.", self._step_dir(step),
+                        target, resumed)
+    if jax.process_count() > 1:
+      sharding.wait_for_all_processes(f"sparse_restore:damaged_checkpoints_moved:{resumed}")
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()

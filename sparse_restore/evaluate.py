@@ -3,8 +3,13 @@
     python -m sparse_restore.evaluate --results out/Rain200H --targets data/Rain200H/test/target \\
         --protocol restormer [--channel y|rgb] [--csv scores.csv] [--json scores.json]
 
-Files are paired by name stem (``1.png`` pairs with ``1.jpg``). Unpaired files, ambiguous stems and pairs of
-different sizes are listed in one error (exit status 1, nothing scored). Per-image PSNR/SSIM and the mean are
+Files are paired by name stem (``1.png`` pairs with ``1.jpg``). Unpaired files, ambiguous stems, pairs of
+different sizes, images too small for SSIM (its 11x11 Gaussian window must fit, after the ``rcdnet`` protocol's
+downsampling) and pairs of a grayscale and a colour image are listed in one error (exit status 1, nothing
+scored). Grayscale against colour is refused rather than scored: a gray file is read as three equal channels,
+so its "Y" would be ``16 + 219/255 * gray`` against the colour file's true luma, a silently wrong number. Convert
+one of the two so that both are colour (or both gray: two grayscale files are scored on their replicated gray
+values, like any RGB pair). Per-image PSNR/SSIM and the mean are
 printed; ``--csv`` / ``--json`` also write them to those paths (nothing is written unless asked, and a path
 that is an input image or has an image extension is refused). Scores use the float64 NumPy reference of
 :mod:`sparse_restore.metrics` on the exact 8-bit pixel values (:func:`sparse_restore.imageio.read_uint8_rgb`).
@@ -72,21 +77,43 @@ def pair_folders(results_dir: str, targets_dir: str,
   return [{"name": s, "result": res[s][0], "target": tgt[s][0]} for s in stems]
 
 
+def ssim_size_problem(height: int, width: int, protocol: str) -> Optional[str]:
+  """Why SSIM cannot score an image of ``height`` x ``width`` under ``protocol`` (None: it can): its Gaussian
+  window must fit in the image, after the downsampling of the ``rcdnet`` protocol."""
+  window = metrics.gaussian_window_1d().size
+  f = metrics.rcdnet_downsample_factor(height, width) if protocol == "rcdnet" else 1
+  h, w = -(-height // f), -(-width // f)
+  if min(h, w) >= window:
+    return None
+  after = f" ({h}x{w} after the protocol's {f}x downsampling)" if f > 1 else ""
+  return f"is {height}x{width}{after}: SSIM needs at least {window}x{window} pixels (its Gaussian window)"
+
+
 def evaluate_pairs(pairs: Sequence[Dict[str, str]], protocol: str = "restormer", channel: str = "y",
                    progress: bool = False) -> List[Dict]:
   """Scores ``[{"name", "result", "target"}, ...]``; returns records with ``height``, ``width``, ``psnr``,
-  ``ssim`` added. All sizes are checked before anything is scored."""
+  ``ssim`` added. Sizes (equal, large enough for SSIM) and colour (both gray or both colour) are checked for
+  every pair before anything is scored."""
   if protocol not in metrics.PROTOCOLS or channel not in metrics.CHANNELS:
     raise ValueError(f"protocol must be one of {metrics.PROTOCOLS} and channel one of {metrics.CHANNELS}")
   problems, sizes = [], []
   for p in pairs:
     try:
       sr, st = imageio.image_size(p["result"]), imageio.image_size(p["target"])
+      gray_r, gray_t = imageio.is_grayscale(p["result"]), imageio.is_grayscale(p["target"])
     except imageio.ImageReadError as e:
       problems.append(str(e))
       continue
     if sr != st:
       problems.append(f"size mismatch: {p['result']} is {sr[0]}x{sr[1]}, {p['target']} is {st[0]}x{st[1]}")
+    else:
+      small = ssim_size_problem(sr[0], sr[1], protocol)
+      if small:
+        problems.append(f"too small: {p['result']} and {p['target']} {small}")
+    if gray_r != gray_t:
+      gray, colour = (p["result"], p["target"]) if gray_r else (p["target"], p["result"])
+      problems.append(f"grayscale vs colour: {gray} is grayscale, {colour} is colour; refusing to score a gray "
+                      "image against a colour one (convert one so that both are colour or both gray)")
     sizes.append(sr)
   if problems:
     raise EvaluationError("cannot score:\n  " + "\n  ".join(problems))
@@ -104,7 +131,10 @@ def evaluate_pairs(pairs: Sequence[Dict[str, str]], protocol: str = "restormer",
     if a.shape != b.shape:  # Header and pixels disagree only for odd files; still refuse.
       raise EvaluationError(f"cannot score: size mismatch between {p['result']} {a.shape} and "
                             f"{p['target']} {b.shape}")
-    ps, ss = metrics.psnr_ssim(a, b, protocol, channel)
+    try:
+      ps, ss = metrics.psnr_ssim(a, b, protocol, channel)
+    except ValueError as e:  # what the checks above should already have caught
+      raise EvaluationError(f"cannot score {p['result']} against {p['target']}: {e}") from None
     records.append(dict(p, height=int(h), width=int(w), psnr=ps, ssim=ss))
   return records
 
@@ -181,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m sparse_restore.evaluate",
       description="PSNR/SSIM of restored images against ground truth, as the deraining papers' MATLAB "
-                  "scripts compute them. Files are paired by name stem.")
+                  "scripts compute them. Files are paired by name stem. A grayscale image paired with a colour "
+                  "one is an error (not scored): convert one of them. Images must be at least 11x11 pixels "
+                  "(SSIM's window; after rcdnet's downsampling).")
   p.add_argument("--results", required=True, help="folder of restored images")
   p.add_argument("--targets", required=True, help="folder of ground-truth images")
   p.add_argument("--protocol", required=True, choices=metrics.PROTOCOLS,

@@ -10,7 +10,9 @@
   - 8-bit values are divided by 255, 16-bit ones by 65535. Pillow decodes 16-bit *colour* PNGs to 8 bits, so
     those are decoded here (:func:`_decode_png16`, exact 16-bit values); 16-bit colour and float TIFFs are
     read with ``tifffile`` when it is installed (float data is clipped to [0, 1]);
-  - an unreadable, truncated or corrupt file raises :class:`ImageReadError` whose message names the file.
+  - an unreadable, truncated or corrupt file raises :class:`ImageReadError` whose message names the file;
+    so does compressed data that inflates beyond the size the header declares (decompression bombs: inflation
+    stops at that size) and an image above Pillow's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``).
 
 * :func:`read_uint8_rgb` -- the exact 8-bit values (what MATLAB ``imread`` returns for 8-bit files) as uint8
   ``HxWx3``, for the metrics. Same channel handling (gray replicated, alpha dropped, EXIF applied); 16-bit
@@ -27,7 +29,8 @@
 * :func:`list_images` -- image files of a folder by extension (:data:`IMAGE_EXTENSIONS`), in natural order
   (:func:`natural_key`: ``2.png`` before ``10.png``). The datasets, the inference and the scoring CLIs all
   list folders with it.
-* :func:`check_no_overwrite` -- refuses output paths that are the same files as inputs.
+* :func:`check_no_overwrite` -- refuses output paths that are the same files as inputs;
+  :func:`prepare_output_dir` creates an output folder and proves it writable.
 """
 from __future__ import annotations
 
@@ -131,6 +134,26 @@ def _png_unfilter(data: np.ndarray, height: int, width: int, bpp: int) -> np.nda
   return recon[1:, 1:].astype(np.uint8)
 
 
+# Compressed data may inflate this far beyond the size its header declares (encoders' padding, a stray final
+# block); anything longer is refused before it is inflated.
+_INFLATE_SLACK = 1 << 16
+
+
+class _DeclaredSizeExceeded(ValueError):
+  """Compressed image data inflates beyond the size the file's header declares."""
+
+
+def _inflate_bounded(data: bytes, expected: int, what: str) -> bytes:
+  """zlib-inflates ``data`` to at most ``expected`` + a small slack bytes: a stream that would go on (a
+  decompression bomb: a tiny image whose data inflates to gigabytes) is refused without being inflated."""
+  d = zlib.decompressobj()
+  out = d.decompress(data, expected + _INFLATE_SLACK)
+  if not d.eof and len(out) == expected + _INFLATE_SLACK and d.decompress(d.unconsumed_tail, 1):
+    raise _DeclaredSizeExceeded(f"{what} inflates to more than the {expected:,} bytes the header declares "
+                                "(corrupt, or a decompression bomb)")
+  return out
+
+
 def _decode_png16(path: str) -> np.ndarray:
   """Exact values of a non-interlaced 16-bit gray+alpha / RGB / RGBA PNG as uint16 ``HxWxC``."""
   with open(path, "rb") as f:
@@ -160,18 +183,55 @@ def _decode_png16(path: str) -> np.ndarray:
     raise ValueError(f"unexpected PNG bit depth {depth} / colour type {color_type}")
   if interlace:
     raise ValueError("interlaced 16-bit colour PNGs are not supported")
-  raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
   bpp = 2 * channels
-  if raw.size < height * (1 + width * bpp):
+  expected = height * (1 + width * bpp)  # filtered rows: one filter byte + the row's samples
+  raw = np.frombuffer(_inflate_bounded(b"".join(idat), expected, "PNG image data"), dtype=np.uint8)
+  if raw.size < expected:
     raise ValueError("truncated PNG image data")
-  pixels = _png_unfilter(raw[:height * (1 + width * bpp)], height, width, bpp)
+  pixels = _png_unfilter(raw[:expected], height, width, bpp)
   pixels = pixels.reshape(height, width, channels, 2).astype(np.uint16)
   return (pixels[..., 0] << 8) | pixels[..., 1]
 
 
+_TIFF_ZLIB = (8, 32946, 50013)  # Adobe deflate, deflate, PIXTIFF
+_TIFF_LZMA = (34925,)
+
+
+def _check_tiff_page(page, fh) -> None:
+  """Raises ValueError unless the first page of a TIFF decodes within the size its header declares.
+
+  tifffile (without imagecodecs) inflates deflate and LZMA segments completely, whatever the page's size: each
+  segment is inflated here first, bounded by the page's declared size, and the data is decoded only if none
+  goes beyond. Other codecs decode into a buffer of the declared size (imagecodecs) or cannot be read.
+  """
+  from PIL import Image
+  pixels = int(page.imagewidth) * int(page.imagelength) * int(page.imagedepth or 1)
+  limit = Image.MAX_IMAGE_PIXELS
+  if limit and pixels > 2 * limit:  # Pillow's decompression-bomb limit, which applies to its own decoders
+    raise _DeclaredSizeExceeded(f"image of {pixels:,} pixels is larger than the {2 * limit:,} Pillow's "
+                                "decompression-bomb limit allows (PIL.Image.MAX_IMAGE_PIXELS)")
+  if page.compression not in _TIFF_ZLIB + _TIFF_LZMA:
+    return
+  declared = int(page.nbytes)
+  for offset, count in zip(page.dataoffsets, page.databytecounts):
+    fh.seek(offset)
+    data = fh.read(count)
+    if page.compression in _TIFF_ZLIB:
+      _inflate_bounded(data, declared, "TIFF image data")
+    else:
+      import lzma
+      d = lzma.LZMADecompressor()
+      if len(d.decompress(data, declared + _INFLATE_SLACK)) == declared + _INFLATE_SLACK and not d.eof:
+        raise _DeclaredSizeExceeded(f"TIFF image data inflates to more than the {declared:,} bytes the header "
+                                    "declares (corrupt, or a decompression bomb)")
+
+
 def _read_tiff(path: str) -> np.ndarray:
   import tifffile  # Optional: used for 16-bit colour and float TIFFs that Pillow cannot represent.
-  arr = np.asarray(tifffile.imread(path, key=0))
+  with tifffile.TiffFile(path) as tif:
+    page = tif.pages[0]
+    _check_tiff_page(page, tif.filehandle)
+    arr = np.asarray(page.asarray(maxworkers=1))
   if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[-1] not in (1, 2, 3, 4):
     arr = np.moveaxis(arr, 0, -1)  # Planar (C, H, W) storage.
   return arr
@@ -247,10 +307,14 @@ def _decode(path: str) -> np.ndarray:
       arr = _pil_to_array(im)
   except ImageReadError:
     raise
+  except (_DeclaredSizeExceeded, Image.DecompressionBombError) as e:
+    raise ImageReadError(f"{path}: cannot read image: {e}") from None
   except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ValueError...
     if ext in (".tif", ".tiff"):
       try:
         return _read_tiff(path)
+      except _DeclaredSizeExceeded as e2:
+        raise ImageReadError(f"{path}: cannot read image: {e2}") from None
       except Exception:
         pass
     raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
@@ -352,11 +416,27 @@ def to_uint8(img) -> np.ndarray:
   return np.floor(np.clip(x, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
+def _umask() -> int:
+  """The process umask: from /proc on Linux (no window in which other threads see another one), else by
+  setting it and straight back."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def write_png(path: str, img, *, overwrite: bool = True) -> str:
   """Writes ``img`` (float ``HxWx3`` / ``HxW`` in [0, 1], or uint8) as an 8-bit PNG; returns the path.
 
   Values are rounded, not truncated. The file appears atomically (written to a temporary name in the same
-  folder, then renamed). ``overwrite=False`` refuses an existing file.
+  folder, then renamed) with the permissions a plain ``open()`` gives (``0o666 & ~umask``, e.g. 0644).
+  ``overwrite=False`` refuses an existing file.
   """
   from PIL import Image
   path = os.fspath(path)
@@ -373,6 +453,8 @@ def write_png(path: str, img, *, overwrite: bool = True) -> str:
   try:
     with os.fdopen(fd, "wb") as f:
       Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
+      if hasattr(os, "fchmod"):  # mkstemp makes the file 0600; give it what open() would have (0666 & ~umask)
+        os.fchmod(f.fileno(), 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException as e:
     if os.path.exists(tmp):
@@ -381,6 +463,27 @@ def write_png(path: str, img, *, overwrite: bool = True) -> str:
       raise ImageWriteError(f"{path}: cannot write ({e})") from None
     raise
   return path
+
+
+def prepare_output_dir(folder: str) -> str:
+  """Creates ``folder`` (and its parents) if needed and proves that files can be written into it by creating and
+  deleting a hidden probe file, which also catches read-only file systems and ACLs that permission bits do not
+  show. Returns the folder; raises :class:`ImageWriteError` naming it otherwise. Cheap: run it before any long
+  work."""
+  folder = os.fspath(folder)
+  if os.path.lexists(folder) and not os.path.isdir(folder):
+    raise ImageWriteError(f"{folder}: exists and is not a directory")
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ImageWriteError(f"{folder}: cannot create the output folder ({e.strerror or e})") from None
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ImageWriteError(f"{folder}: cannot write into the output folder ({e.strerror or e})") from None
+  return folder
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -413,6 +516,20 @@ def check_no_overwrite(outputs: Iterable[str], inputs: Iterable[str]) -> None:
       clashes.append(os.fspath(out))
   if clashes:
     raise ImageWriteError("refusing to overwrite input file(s): " + ", ".join(clashes))
+
+
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def is_grayscale(path: str) -> bool:
+  """Whether ``path`` stores one gray channel (plus alpha, perhaps), from its header: modes 1 / L / LA / I;16 /
+  I / F. Palette images count as colour (they are read as RGB) even when every palette entry is gray."""
+  from PIL import Image
+  try:
+    with Image.open(path) as im:
+      return im.mode in _GRAY_MODES
+  except Exception as e:
+    raise ImageReadError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def image_size(path: str) -> Tuple[int, int]:

@@ -7,7 +7,9 @@ Each input (one file, or every image directly inside a folder, in natural order)
 :func:`sparse_restore.imageio.read_image` (any format; gray, alpha, 16-bit and EXIF rotation handled), restored
 by :func:`sparse_restore.restore.restore_image` and written as an 8-bit PNG named after the input's stem into
 ``--output``. Inputs are never overwritten: an output path that is an input file is refused before anything
-runs. A file that cannot be read (or does not fit in memory) is reported by name and skipped.
+runs, and so is an output folder that cannot be created or written into (checked with a probe file before the
+model is loaded). A file that cannot be read (or does not fit in memory) is reported by name and skipped.
+Restored files get the usual permissions (``0666 & ~umask``).
 
 Without ``--tile`` the whole image goes through the network at once (the published protocol). The memory the
 compiled network needs is checked against the free memory first; if it does not fit (or the run reports
@@ -99,6 +101,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _usage_error(f"{e} (choose another --output)")
   if os.path.exists(args.output) and not os.path.isdir(args.output):
     return _usage_error(f"--output {args.output}: exists and is not a directory")
+  created = not os.path.isdir(args.output)
+  try:  # Before anything is loaded or computed: a folder we cannot write into is a usage error.
+    imageio.prepare_output_dir(args.output)
+  except imageio.ImageWriteError as e:
+    return _usage_error(f"--output {e}")
+
+  def give_up(msg: str) -> int:
+    if created:  # Leave no empty output folder behind a failed start.
+      try:
+        os.rmdir(args.output)
+      except OSError:
+        pass
+    return _usage_error(msg)
 
   import jax
   import jax.numpy as jnp
@@ -106,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     module, params, info = checkpoint.load_model(args.checkpoint, step=args.step)
   except (checkpoint.CheckpointError, ValueError) as e:
-    return _usage_error(str(e))
+    return give_up(str(e))
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else None
   apply_fn = restore.make_apply_fn(module, params, dtype)
   multiple = restore.model_multiple(module)
@@ -114,8 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
       restore.plan_tiles(args.tile * 2, args.tile * 2, multiple, args.tile, args.tile_overlap)
     except ValueError as e:
-      return _usage_error(str(e))
-  os.makedirs(args.output, exist_ok=True)
+      return give_up(str(e))
 
   mode = (f"tiles {restore.round_up(args.tile, multiple)} overlap "
           f"{restore.round_up(args.tile_overlap, multiple)} batch {args.batch}" if args.tile else "whole images")

@@ -89,9 +89,10 @@ def main(argv):
         print(f"results: {result.out_dir}")
   except (train.NonFiniteLossError, checkpoint.ModelMismatchError, checkpoint.CheckpointError,
           datasets.DatasetError, ValueError) as e:
-    # Expected failures (bad config values, data, checkpoints, divergence): one clear line, no traceback.
+    # Expected failures (bad config values, data, checkpoints, divergence): one clear line each, no traceback.
     logging.error("%s", e)
-    raise SystemExit(f"error: {e}") from None
+    problems = getattr(e, "problems", None) or [e]  # config_checks.ConfigError: one line per invalid field
+    raise SystemExit("\n".join(f"error: {p}" for p in problems)) from None
 
 
 def parse_flags(argv):

@@ -131,12 +131,13 @@ def evaluate_checkpoint(config, workdir: str, *, checkpoint_path: Optional[str] 
   the :class:`EvalResult` (process 0; None on the others).
   """
   import jax
-  from sparse_restore import checkpoint, input_pipeline
+  from sparse_restore import checkpoint, config_checks, input_pipeline
+  config_checks.validate_config(config, mode="evaluate")  # before the workdir or the data are touched
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   source = checkpoint_path
   if not source:
-    if checkpoint.latest_step(workdir) is not None:
+    if checkpoint.step_folders(workdir):  # intact or not: load_model takes the newest intact one or says why none
       source = workdir
     elif config.get("init_from"):
       source = config.init_from

@@ -8,6 +8,7 @@ Layout of a workdir::
 
     <workdir>/model.json              the network (registry name + constructor arguments), written at start
     <workdir>/checkpoints/<step>/     Orbax CheckpointManager: items params, opt_state, meta (JSON), data (grain)
+    <workdir>/checkpoints_damaged/    damaged steps newer than the one a run resumed from (kept for inspection)
     <workdir>/eval/<step>/            restored PNGs, metrics.csv, metrics.json of each evaluation
     <workdir>/tfds/                   built datasets when config.data.data_dir is ''
     <workdir>/events.out.tfevents.*   TensorBoard scalars (loss, lr, grad norm, steps/s, eval PSNR/SSIM) and images
@@ -15,8 +16,8 @@ Layout of a workdir::
 Data parallelism: one mesh axis ``data`` over all devices of all processes; params/optimizer state replicated, the
 batch split over ``data``. Each process reads its own share of every global batch and
 :func:`sparse_restore.sharding.global_batch` assembles the global array. Restarting with the same workdir resumes
-from the newest checkpoint (params, optimizer state, data-iterator position), giving the same parameters as an
-uninterrupted run.
+from the newest intact checkpoint (params, optimizer state, data-iterator position), giving the same parameters as an
+uninterrupted run. The config is validated first (:mod:`sparse_restore.config_checks`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from sparse_restore import checkpoint, losses, models, schedules, sharding
+from sparse_restore import checkpoint, config_checks, losses, models, schedules, sharding
 from sparse_restore.models import policy as policy_lib
 
 COMPUTE_DTYPES = policy_lib.COMPUTE_DTYPES
@@ -226,6 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = mesh if mesh is not None else sharding.make_mesh()
+  platform = mesh.devices.flat[0].platform
+  # Every value, before the workdir, the data or a compilation: a bad one fails in seconds, naming its field.
+  config_checks.validate_config(config, num_devices=mesh.devices.size, platform=platform, workdir=workdir)
   stages = schedules.resolve_stages(config)
   total_steps = stages[-1].end
   for stage in stages:
@@ -234,18 +238,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   loss_fn = losses.get(config.loss, charbonnier_eps=config.get("charbonnier_eps", 1e-3))
 
   # ------------------------------------------------------------------------------------------- model, workdir
-  platform = mesh.devices.flat[0].platform
   module = create_model(config, platform, train=True)
   eval_module = create_model(config, platform, train=False)
   arch = config.model.name
   description = describe_model(eval_module)
   os.makedirs(workdir, exist_ok=True)
-  has_json = checkpoint.check_model_json(workdir, arch, description)  # Before touching anything in the workdir.
-  if checkpoint.latest_step(workdir) is not None and not has_json:
+  # Before touching anything in the workdir. A model.json that no checkpoint uses (a run that failed before its
+  # first save) is replaced; one with checkpoints must match.
+  has_steps = bool(checkpoint.step_folders(workdir))
+  has_json = checkpoint.check_model_json(workdir, arch, description, replace_unused=not has_steps)
+  if has_steps and not has_json:
     raise checkpoint.ModelMismatchError(f"{workdir}: has checkpoints but no {checkpoint.MODEL_JSON}; cannot check "
                                         "that they belong to this config's model")
   ckpts = checkpoint.Checkpoints(workdir, config.max_checkpoints_to_keep)
-  latest = ckpts.latest_step()
+
+  # ------------------------------------------------------------------------------------------- resume point
+  repl = sharding.replicated(mesh)
+  # Built by jitted functions (not device_put) so that every process holds the same replicated global values.
+  # The init key uses XLA's RngBitGenerator ('rbg'): a whole-network init with threefry keys takes minutes to
+  # compile on XLA:CPU (measured ~6x longer than 'rbg'); the per-step key (fold_in of the step) stays threefry.
+  init_rng, train_rng = jax.jit(lambda: (jax.random.key(config.seed, impl="rbg"),
+                                         jax.random.fold_in(jax.random.key(config.seed), 1)), out_shardings=repl)()
+
+  def init_state_fn(tx):
+    def init_state(rng):
+      params = models.init_params(module, rng)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return init_state
+
+  def abstract_at(step):
+    tx_at, _ = create_optimizer(config, schedules.stage_at(stages, step))
+    return _with_sharding(jax.eval_shape(init_state_fn(tx_at), init_rng), repl)
+
+  def in_stage(step, meta):  # resuming inside the stage the checkpoint was saved in: optimizer state and data too
+    return int(meta.get("stage", -1)) == schedules.stage_at(stages, step).index and step < total_steps
+
+  try:  # The newest intact checkpoint; damaged newer ones are skipped (and moved aside) with a warning each.
+    found = ckpts.restore_newest(abstract_at, in_stage)
+  except BaseException:
+    ckpts.close()
+    raise
+  latest, meta, restored = found if found is not None else (None, None, None)
   if jax.process_index() == 0 and not has_json:
     checkpoint.write_model_json(workdir, arch, description, source="sparse_restore.train")
 
@@ -257,38 +290,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                len(stages), total_steps, workdir)
 
   # ------------------------------------------------------------------------------------------- initial state
-  repl = sharding.replicated(mesh)
-  # Built by jitted functions (not device_put) so that every process holds the same replicated global values.
-  # The init key uses XLA's RngBitGenerator ('rbg'): a whole-network init with threefry keys takes minutes to
-  # compile on XLA:CPU (measured ~6x longer than 'rbg'); the per-step key (fold_in of the step) stays threefry.
-  init_rng, train_rng = jax.jit(lambda: (jax.random.key(config.seed, impl="rbg"),
-                                         jax.random.fold_in(jax.random.key(config.seed), 1)), out_shardings=repl)()
   step_array = lambda s: jax.jit(lambda: jnp.asarray(s, jnp.int32), out_shardings=repl)()
   start = 0 if latest is None else int(latest)
   start_stage = schedules.stage_at(stages, start)
-  meta = ckpts.restore_meta(latest) if latest is not None else None
-  resume_in_stage = meta is not None and int(meta.get("stage", -1)) == start_stage.index and start < total_steps
+  resume_in_stage = meta is not None and in_stage(start, meta)
   tx, schedule = create_optimizer(config, start_stage)
-
-  def init_state(rng):
-    params = models.init_params(module, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  abstract = _with_sharding(jax.eval_shape(init_state, init_rng), repl)
   state = None
   if start >= total_steps:  # Nothing left to train: the workdir holds a finished run.
     logging.info("%s is already trained to step %d (of %d).", workdir, start, total_steps)
-    restored = ckpts.restore(latest, abstract, None, with_opt_state=False)
     ckpts.close()
     writer.flush()
     return TrainResult(TrainState(step=step_array(start), params=restored["params"], opt_state=None))
   if latest is None:
     if config.get("init_from"):
-      params = checkpoint.load_init_params(config.init_from, arch, abstract.params, mesh)
+      params = checkpoint.load_init_params(config.init_from, arch, abstract_at(0).params, mesh)
       opt_state = jax.jit(tx.init, out_shardings=repl)(params)
       state = TrainState(step=step_array(0), params=params, opt_state=opt_state)
     else:
-      state = jax.jit(init_state, out_shardings=repl)(init_rng)
+      state = jax.jit(init_state_fn(tx), out_shardings=repl)(init_rng)
     if jax.process_index() == 0:
       writer.write_hparams(_flat_hparams(config))
 
@@ -364,8 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
                         process_index=jax.process_index(), process_count=jax.process_count())
       data_iter = iter(ds)
       if state is None:  # Resuming: params (+ optimizer state and data position when inside this stage).
-        restored = ckpts.restore(latest, abstract, data_iter if resume_in_stage else None,
-                                 with_opt_state=resume_in_stage)
+        if resume_in_stage:
+          ckpts.restore_data(latest, data_iter)
         opt_state = (restored["opt_state"] if resume_in_stage
                      else jax.jit(tx.init, out_shardings=repl)(restored["params"]))
         state = TrainState(step=step_array(start), params=restored["params"], opt_state=opt_state)

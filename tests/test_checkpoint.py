@@ -86,7 +86,8 @@ def test_checkpoints_save_and_restore_state_meta_and_data_position(tmp_path):
     params_only = ckpts.restore(7, abstract, with_opt_state=False)
     assert "opt_state" not in params_only
     np.testing.assert_array_equal(params_only["params"]["w"], np.full(3, 7.0))
-    with pytest.raises(checkpoint.CheckpointError, match=f"{ckpts.directory}/7: could not restore"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{ckpts.directory}/7: the params item does not match "
+                       r"this config's model and optimizer: 1 with other shapes: w \(3,\) stored, \(4,\) needed"):
       ckpts.restore(7, jax.eval_shape(lambda: state.replace(params={"w": jnp.zeros((4,))})))
   finally:
     ckpts.close()

@@ -1,6 +1,7 @@
 """The evaluate CLI and evaluate_folders on the shared sample folders and on bad inputs."""
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -133,3 +134,59 @@ def test_identical_folders_give_inf(samples, tmp_path):
   doc = json.load(open(tmp_path / "s.json"))  # Strict JSON: non-finite numbers are written as strings.
   assert doc["mean"] == {"psnr": "inf", "ssim": 1.0}
   assert list(csv.DictReader(open(tmp_path / "s.csv")))[-1]["psnr"] == "inf"
+
+
+def _pair_folders(tmp_path, result, target, name="a.png"):
+  (tmp_path / "res").mkdir(exist_ok=True)
+  (tmp_path / "tgt").mkdir(exist_ok=True)
+  Image.fromarray(result).save(tmp_path / "res" / name)
+  Image.fromarray(target).save(tmp_path / "tgt" / name)
+  return tmp_path / "res", tmp_path / "tgt"
+
+
+@pytest.mark.parametrize("protocol", metrics.PROTOCOLS)
+def test_images_too_small_for_ssim_name_the_files(tmp_path, protocol):
+  rng = np.random.default_rng(0)
+  res, tgt = _pair_folders(tmp_path, rng.integers(0, 256, (10, 40, 3), np.uint8),
+                           rng.integers(0, 256, (10, 40, 3), np.uint8))
+  r = _run("--results", res, "--targets", tgt, "--protocol", protocol)
+  assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.startswith("error: cannot score:")
+  assert (f"too small: {res / 'a.png'} and {tgt / 'a.png'} is 10x40: SSIM needs at least 11x11 pixels"
+          in r.stderr), r.stderr
+  # 11x11 is enough.
+  _pair_folders(tmp_path, rng.integers(0, 256, (11, 11, 3), np.uint8), rng.integers(0, 256, (11, 11, 3), np.uint8))
+  assert _run("--results", res, "--targets", tgt, "--protocol", protocol).returncode == 0
+
+
+def test_ssim_size_rule_counts_the_rcdnet_downsampling():
+  assert evaluate.ssim_size_problem(11, 11, "rcdnet") is None
+  assert evaluate.ssim_size_problem(384, 10, "rcdnet") is not None  # min side 10 < 11 before downsampling too
+  # rcdnet downsamples by round(min(H, W) / 256): 640 x 21 is scored at factor 1 (round(21/256) = 0).
+  assert evaluate.ssim_size_problem(640, 21, "rcdnet") is None
+  assert evaluate.ssim_size_problem(10, 10, "basicsr") == ("is 10x10: SSIM needs at least 11x11 pixels (its "
+                                                           "Gaussian window)")
+
+
+def test_grayscale_against_colour_is_an_error_naming_both_files(tmp_path):
+  rng = np.random.default_rng(1)
+  gray = rng.integers(0, 256, (16, 16), np.uint8)
+  colour = np.repeat(gray[..., None], 3, axis=-1)
+  colour[..., 0] //= 2
+  res, tgt = _pair_folders(tmp_path, gray, colour)
+  for channel in ("y", "rgb"):
+    r = _run("--results", res, "--targets", tgt, "--protocol", "restormer", "--channel", channel)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert (f"grayscale vs colour: {res / 'a.png'} is grayscale, {tgt / 'a.png'} is colour; refusing to score"
+            in r.stderr), r.stderr
+  # The other way round, and a 16-bit gray file, too.
+  Image.fromarray(colour).save(res / "a.png")
+  Image.fromarray(gray.astype(np.uint16) * 257).save(tgt / "a.png")
+  with pytest.raises(evaluate.EvaluationError, match=rf"{tgt / 'a.png'} is grayscale, {res / 'a.png'} is colour"):
+    evaluate.evaluate_folders(str(res), str(tgt))
+  # Two grayscale files are scored (on their replicated gray values).
+  Image.fromarray(gray).save(res / "a.png")
+  (record,) = evaluate.evaluate_folders(str(res), str(tgt))
+  assert record["psnr"] == math.inf and record["ssim"] == 1.0
+  help_text = " ".join(evaluate.build_parser().format_help().split())
+  assert "grayscale image paired with a colour one is an error" in help_text

@@ -243,3 +243,21 @@ def test_check_no_overwrite(tmp_path):
   for out in (str(src), str(tmp_path / "in" / ".." / "in" / "1.png"), str(tmp_path / "alias" / "1.png")):
     with pytest.raises(imageio.ImageWriteError, match="1.png"):
       imageio.check_no_overwrite([out], [str(src)])
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_write_png_gives_the_files_usual_permissions(tmp_path, umask):
+  """The temporary file behind the atomic write is private (mkstemp: 0600); the written PNG gets what open()
+  would give it under the process umask (0644 under 022), as does a replaced file."""
+  old = os.umask(umask)
+  try:
+    path = tmp_path / "out.png"
+    imageio.write_png(str(path), np.zeros((2, 2, 3), np.float32))
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(path, 0o600)
+    imageio.write_png(str(path), np.ones((2, 2, 3), np.float32))
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert imageio._umask() == umask  # read without changing it
+  finally:
+    os.umask(old)

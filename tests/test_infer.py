@@ -121,3 +121,76 @@ def test_usage_errors(tiny_model, tmp_path):
   r = _cli("--checkpoint", tiny_model, "--input", tmp_path, "--output", tmp_path / "o", "--tile", "16",
            "--tile-overlap", "16")
   assert r.returncode == 2 and "smaller than the tile" in r.stderr
+
+
+def _assert_one_error_line(stderr, *needles):
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+  for n in needles:
+    assert str(n) in lines[0], stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where no one can create files")
+def test_output_folder_that_cannot_be_created_or_written(tiny_model, tmp_path):
+  """Exit status 2 and one error line, decided before the model is loaded: a folder that cannot be created
+  (under a file; in /proc), and an existing folder that cannot be written into (/proc, even for root)."""
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  (tmp_path / "file").write_text("x")
+  for out, what in ((tmp_path / "file" / "sub", "cannot create the output folder"),
+                    ("/proc/sparse_restore_test/out", "cannot create the output folder"),
+                    ("/proc", "cannot write into the output folder")):
+    # A checkpoint that does not exist proves that the output is checked first.
+    r = _cli("--checkpoint", tmp_path / "no_model", "--input", tmp_path / "a.png", "--output", out)
+    assert r.returncode == 2, r.stderr
+    _assert_one_error_line(r.stderr, f"error: --output {out}: {what}")
+  assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root writes into a chmod 555 folder; the /proc case covers the probe for root")
+def test_read_only_output_folder_is_refused_before_any_image(tiny_model, tmp_path):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  out = tmp_path / "ro"
+  out.mkdir()
+  out.chmod(0o555)
+  try:
+    r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "a.png", "--output", out)
+  finally:
+    out.chmod(0o755)
+  assert r.returncode == 2
+  _assert_one_error_line(r.stderr, f"--output {out}: cannot write into the output folder (Permission denied)")
+
+
+def test_failed_start_leaves_no_empty_output_folder(tmp_path):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  r = _cli("--checkpoint", tmp_path / "no_model", "--input", tmp_path / "a.png", "--output", tmp_path / "new")
+  assert r.returncode == 2 and "no_model" in r.stderr
+  assert not (tmp_path / "new").exists()
+
+
+def test_restored_files_get_the_usual_permissions(tiny_model, tmp_path):
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  env = dict(os.environ, PYTHONWARNINGS="ignore", TF_CPP_MIN_LOG_LEVEL="2")
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-m", "sparse_restore.infer", "--checkpoint", tiny_model, "--input",
+                      str(tmp_path / "a.png"), "--output", str(tmp_path / "out"), "--quiet"],
+                     capture_output=True, text=True, env=env, timeout=900, preexec_fn=lambda: os.umask(0o022))
+  assert r.returncode == 0, r.stderr
+  assert os.stat(tmp_path / "out" / "a.png").st_mode & 0o777 == 0o644
+  assert os.listdir(tmp_path / "out") == ["a.png"]  # no probe or temporary file left
+
+
+def test_truncated_checkpoint_is_reported_as_damaged(tiny_model, tmp_path):
+  """Not "parameters do not match": the folder and the damage are named, exit status 2."""
+  import shutil
+  model = tmp_path / "model"
+  shutil.copytree(tiny_model, model)
+  files = [os.path.join(d, f) for d, _, fs in os.walk(model / "params") for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  r = _cli("--checkpoint", model, "--input", tmp_path / "a.png", "--output", tmp_path / "out")
+  assert r.returncode == 2
+  _assert_one_error_line(r.stderr, f"error: {model}/params: parameter data is damaged or truncated (")
+  assert "do not match" not in r.stderr and not (tmp_path / "out").exists()

@@ -116,3 +116,26 @@ def test_refuses_other_model_in_workdir(trained, env, data_dir):
   assert p.returncode != 0
   assert "describes a different model than the config (dim: 8 in the workdir vs 16 in the config)" in p.stderr
   assert "Traceback" not in p.stderr
+
+
+def test_invalid_values_fail_fast_naming_each_field(env, tmp_path):
+  """Bad values are refused in seconds, before the workdir, the dataset or any compilation: one error line per
+  field, no traceback (model.dim=0 was a ZeroDivisionError, a NaN or negative lr failed at step 2 after minutes
+  of compiling, a negative batch only after the dataset build)."""
+  import time
+  cases = [
+      (["--config.model.dim=0", "--config.batch_size=-4", "--config.lr=nan"],
+       ["error: config.model.dim: must be >= 1, got 0", "error: config.batch_size: must be >= 1, got -4",
+        "error: config.lr: must be finite and > 0, got nan"]),
+      (["--config.lr=-1"], ["error: config.lr: must be finite and > 0, got -1.0"]),
+  ]
+  for overrides, expected in cases:
+    workdir = tmp_path / "w"
+    t0 = time.time()
+    p = run_main(["--config", "configs/tiny.py", "--workdir", str(workdir), *overrides], env, timeout=300)
+    elapsed = time.time() - t0
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == expected, p.stderr[-3000:]
+    assert not workdir.exists()  # neither the workdir nor its tfds/ dataset folder was created
+    assert elapsed < 120, elapsed  # start-up and the checks only (a train-step compilation takes minutes here)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from sparse_restore import checkpoint, config_files, input_pipeline, losses, models, schedules, sharding, train
+from sparse_restore import (checkpoint, config_checks, config_files, input_pipeline, losses, models, schedules,
+                            sharding, train)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -319,3 +321,91 @@ def test_multi_stage_run_resumes_exactly(tiny_data, tmp_path):
   c = train.train_and_evaluate(cfg, workdir)
   assert a.losses + b.losses + c.losses == full.losses
   assert_trees_equal(host_params(c.state.params), host_params(full.state.params))
+
+
+# ------------------------------------------------------------------------------------------------ damaged workdirs
+
+
+def _copy_checkpoints(ref_dir, workdir):
+  """The reference run's model.json and checkpoints (steps 2, 4, 6), without its evaluation and logs."""
+  os.makedirs(workdir)
+  shutil.copy(os.path.join(ref_dir, checkpoint.MODEL_JSON), workdir)
+  shutil.copytree(os.path.join(ref_dir, "checkpoints"), os.path.join(workdir, "checkpoints"))
+  return workdir
+
+
+def _largest_params_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "params")) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _damage(step_dir, how):
+  if how == "empty_folder":
+    shutil.rmtree(step_dir)
+    os.mkdir(step_dir)
+  elif how == "removed_file":
+    os.remove(_largest_params_file(step_dir))
+  elif how == "truncated_file":
+    path = _largest_params_file(step_dir)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  else:
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["truncated_file", "empty_folder", "removed_file"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(reference_run, tiny_data, tmp_path, how, caplog):
+  """The newest checkpoint (step 6 of the finished reference run) is damaged: the run resumes from step 4 with
+  a warning naming step 6, moves it to checkpoints_damaged/, trains steps 5-6 again and ends with exactly the
+  uninterrupted run's parameters."""
+  ref_dir, ref = reference_run
+  workdir = _copy_checkpoints(ref_dir, str(tmp_path / "damaged"))
+  _damage(os.path.join(workdir, "checkpoints", "6"), how)
+  with caplog.at_level("WARNING"):
+    result = train.train_and_evaluate(tiny_config(tiny_data), workdir)
+  assert result.first_step == 4 and result.losses == ref.losses[4:]
+  assert_trees_equal(host_params(result.state.params), host_params(ref.state.params))
+  warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert any(m.startswith(f"Skipping a damaged checkpoint: {workdir}/checkpoints/6") for m in warned), warned
+  assert any(f"Moved the damaged checkpoint {workdir}/checkpoints/6 to {workdir}/checkpoints_damaged/6; resuming "
+             "from step 4" in m for m in warned), warned
+  assert os.listdir(os.path.join(workdir, "checkpoints_damaged")) == ["6"]
+  assert checkpoint.latest_step(workdir) == 6  # saved anew
+
+
+def test_run_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_config(tiny_data, tmp_path,
+                                                                                        caplog):
+  """A first run (dim 16) stops before any checkpoint; the corrected command (dim 8) in the same workdir
+  replaces its model.json, with a warning, and trains."""
+  workdir = str(tmp_path / "w")
+
+  def broken(*args, **kwargs):
+    raise OSError("the data went away")
+
+  with pytest.raises(OSError, match="the data went away"):
+    train.train_and_evaluate(tiny_config(tiny_data, **{"model.dim": 16}), workdir, train_dataset_fn=broken)
+  assert checkpoint.read_model_json(workdir)["config"]["dim"] == 16 and checkpoint.step_folders(workdir) == []
+  with caplog.at_level("WARNING"):
+    result = train.train_and_evaluate(tiny_config(tiny_data), workdir, stop_at_step=2)
+  assert int(sharding.to_host(result.state.step)) == 2 and checkpoint.latest_step(workdir) == 2
+  assert checkpoint.read_model_json(workdir)["config"]["dim"] == 8
+  assert any("describes a different model (dim: 16 in the workdir vs 8 in the config), but no checkpoint was "
+             "saved with it" in r.getMessage() for r in caplog.records)
+  # With a checkpoint in the workdir, another model is refused as before.
+  with pytest.raises(checkpoint.ModelMismatchError, match="dim: 8 in the workdir vs 16 in the config"):
+    train.train_and_evaluate(tiny_config(tiny_data, **{"model.dim": 16}), workdir)
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    ({"model.dim": 0}, "config.model.dim: must be >= 1, got 0"),
+    ({"batch_size": -4}, "config.batch_size: must be >= 1, got -4"),
+    ({"lr": float("nan")}, "config.lr: must be finite and > 0, got nan"),
+    ({"max_checkpoints_to_keep": 1}, "config.max_checkpoints_to_keep: must be 0 (keep all) or >= 2"),
+])
+def test_invalid_config_fails_before_touching_the_workdir(tmp_path, overrides, expect):
+  workdir = tmp_path / "w"
+  cfg = tiny_config(str(tmp_path / "tfds"), **overrides)
+  with pytest.raises(config_checks.ConfigError) as e:
+    train.train_and_evaluate(cfg, str(workdir))
+  assert any(p.startswith(expect) for p in e.value.problems), e.value.problems
+  assert not workdir.exists() and not (tmp_path / "tfds").exists()

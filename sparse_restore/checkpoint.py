@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from sparse_restore import models, sharding
+from sparse_restore import imageio, models, sharding
 from sparse_restore.models import policy as policy_lib
 
 MODEL_JSON = "model.json"
@@ -192,6 +192,7 @@ def save_model(directory: str, arch: str, config: Dict[str, Any], params, *, ove
     os.makedirs(parent, exist_ok=True)
     _remove_stale(directory, started, keep_old=not os.path.isdir(directory))
     tmp = tempfile.mkdtemp(prefix=_tmp_prefix(directory), dir=parent)
+    os.chmod(tmp, 0o777 & ~imageio.process_umask())  # mkdtemp makes it 0700; the export is a plain folder
   except OSError as e:
     raise CheckpointError(f"{directory}: cannot be created ({e.strerror or e})") from None
   lock = _lock(tmp)

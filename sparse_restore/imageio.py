@@ -416,7 +416,7 @@ def to_uint8(img) -> np.ndarray:
   return np.floor(np.clip(x, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
-def _umask() -> int:
+def process_umask() -> int:
   """The process umask: from /proc on Linux (no window in which other threads see another one), else by
   setting it and straight back."""
   try:
@@ -454,7 +454,7 @@ def write_png(path: str, img, *, overwrite: bool = True) -> str:
     with os.fdopen(fd, "wb") as f:
       Image.fromarray(np.ascontiguousarray(arr)).save(f, format="PNG")
       if hasattr(os, "fchmod"):  # mkstemp makes the file 0600; give it what open() would have (0666 & ~umask)
-        os.fchmod(f.fileno(), 0o666 & ~_umask())
+        os.fchmod(f.fileno(), 0o666 & ~process_umask())
     os.replace(tmp, path)
   except BaseException as e:
     if os.path.exists(tmp):

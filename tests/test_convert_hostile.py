@@ -507,3 +507,15 @@ def test_damaged_reference_npz_is_a_clear_error(tmp_path):
   bad.write_bytes(good.read_bytes()[:-30])
   with pytest.raises(ConversionError, match=f"{bad}: not a reference file .*BadZipFile"):
     verify.npz_check(None, None, bad)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_export_folder_gets_the_usual_permissions(tmp_path, umask):
+  """The export is renamed from a mkdtemp work folder (0700): it ends with what mkdir would give (0777 & ~umask)."""
+  from sparse_restore import checkpoint
+  old = os.umask(umask)
+  try:
+    out = checkpoint.save_model(str(tmp_path / "export"), "drsformer", {"dim": 8}, {"w": np.zeros((2,), np.float32)})
+  finally:
+    os.umask(old)
+  assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask

@@ -258,6 +258,6 @@ def test_write_png_gives_the_files_usual_permissions(tmp_path, umask):
     os.chmod(path, 0o600)
     imageio.write_png(str(path), np.ones((2, 2, 3), np.float32))
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
-    assert imageio._umask() == umask  # read without changing it
+    assert imageio.process_umask() == umask  # read without changing it
   finally:
     os.umask(old)

@@ -92,6 +92,9 @@ def get_config():
   config.checkpoint_every_steps = 5_000      # Orbax checkpoint (also after the last step)
   config.max_checkpoints_to_keep = 3         # older checkpoints are deleted
   config.profile = False                     # capture a jax profiler trace of a few steps into the workdir
+  # Persistent compilation cache: '' = <workdir>/compile_cache, 'none' = off, else a folder (shared by runs);
+  # $JAX_COMPILATION_CACHE_DIR wins when set.
+  config.compilation_cache_dir = ""
 
   config.eval = ml_collections.ConfigDict()
   config.eval.save_images = True             # write restored PNGs to <workdir>/eval/<step>/images/

@@ -5,6 +5,9 @@ r"""Benchmarks: forward (inference) and full train-step timings of the networks,
     python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
     python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
     python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
+    python -m sparse_restore.bench --model drsformer --size 128 --batch 4 --mode train --reference-dir refs/
+    python -m sparse_restore.bench --mode input-pipeline --manual-dir Rain200H/ --data-dir /tmp/tfds \
+        --batch 16 --size 128 --num-workers 0,2,4
 
 Each measurement prints ONE JSON object on stdout (progress goes to stderr), with at least:
 ``median_s`` (median wall time of one call after warm-up), ``min_s``, ``median_cpu_s`` (process CPU time of
@@ -22,6 +25,23 @@ drop-path is on, L1 loss, backward, global-norm clipping, AdamW; jitted, state d
 (arguments + outputs + temporaries, minus donated/aliased buffers) for growing batch sizes, and reports the
 largest batch that fits in ``--memory-gb``; ``--check`` additionally runs that batch once and reports peak RSS.
 
+``--reference-dir DIR`` (forward and train modes) then times the authors' PyTorch network for the same work in
+the same process on the same device (:mod:`sparse_restore.bench_reference`; ``DIR`` holds their ``drs_ref.py`` /
+``ast_ref.py``; PyTorch needed) and adds ``reference`` (``median_s``, ``min_s``, ``median_cpu_s``, ``precision``,
+``device_peak_gb``, ``torch``, ``torch_threads``, ``kwargs``, ``params``, and ``all`` when several precisions ran),
+``speedup`` (reference median / ours), ``speedup_cpu`` (the same in process CPU time) and ``memory_ratio`` (our
+device peak / the reference's). ``--reference-precision`` picks ``default``, ``tf32``, ``bf16`` or ``best``
+(the fastest of them, the default). Our ``--model-kwargs`` are mapped to the authors' constructor, so tiny and
+custom sizes compare like with like; a setting their file cannot express is a usage error.
+
+``input-pipeline`` mode measures the training input pipeline (:func:`sparse_restore.input_pipeline.train_dataset`:
+random crops of ``--size``, flips and rotations, batches of ``--batch``) on a prepared dataset, one record per
+``--num-workers`` value: ``images_per_s`` in steady state (after ``--warmup-batches``, over ``--runs`` batches).
+
+Compiled programs are kept in a persistent compilation cache (``--compilation-cache``, default the user cache
+folder; :mod:`sparse_restore.compile_cache`), so ``compile_s`` of a second run is the cached figure; pass
+``--compilation-cache none`` for cold compile times.
+
 Timing rules (performance.md): jitted functions, a warm-up call, ``block_until_ready()``, median of ``--runs``.
 Default networks are the full-size published ones (DRSformer with MEFC, AST_B) with random weights.
 """
@@ -29,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -40,7 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_restore import host_memory, models
+from sparse_restore import bench_reference, compile_cache, host_memory, models
 from sparse_restore.models import policy as policy_lib
 
 DEFAULT_CONFIGS = {
@@ -220,6 +241,8 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
       "dtype": dtype, "remat": remat, "conv_impl": module.policy.conv, "policy": module.policy.to_dict(),
       "params": n_params,
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+      "compilation_cache": jax.config.jax_compilation_cache_dir,
       "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
       "model_kwargs": model_kwargs or {}, "host_malloc": "reuse" if host_memory.is_applied() else "system",
       "compile_s": round(compile_s, 3), "compile_cpu_s": round(compile_cpu_s, 3),
@@ -314,6 +337,50 @@ def max_batch(name: str, *, size: int, memory_gb: float, remat: bool, dtype: str
           "backend": jax.default_backend(), "jax": jax.__version__}
 
 
+def measure_input_pipeline(data_config, *, batch: int, num_workers: int, runs: int = 20,
+                           warmup_batches: int = 5, seed: int = 0) -> Dict[str, Any]:
+  """Steady-state throughput of the training input pipeline (:func:`sparse_restore.input_pipeline.train_dataset`
+  on ``data_config``, prepared) with ``num_workers`` worker processes: ``warmup_batches`` batches untimed
+  (worker start-up, first reads), then ``runs`` batches timed. Wall time, and the main process's CPU time
+  (workers' CPU time is not in it)."""
+  import ml_collections
+  from sparse_restore import input_pipeline
+  cfg = ml_collections.ConfigDict(dict(data_config.to_dict(), num_workers=int(num_workers)))
+  t0 = time.perf_counter()
+  it = iter(input_pipeline.train_dataset(cfg, global_batch_size=batch, seed=seed))
+  for _ in range(warmup_batches):
+    first = next(it)
+  warmup_s = time.perf_counter() - t0
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(runs):
+    first = next(it)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  shape = tuple(first["input"].shape)
+  del it
+  return {"mode": "input-pipeline", "dataset": cfg.name, "batch": batch, "patch_size": int(cfg.patch_size),
+          "batch_shape": list(shape), "num_workers": int(num_workers),
+          "prefetch_buffer_size": int(cfg.prefetch_buffer_size), "random_flip": bool(cfg.random_flip),
+          "random_rot90": bool(cfg.random_rot90), "warmup_batches": warmup_batches, "warmup_s": round(warmup_s, 3),
+          "runs": runs, "seconds_per_batch": round(wall / runs, 5), "images_per_s": round(runs * batch / wall, 2),
+          "main_process_cpu_s_per_batch": round(cpu / runs, 5), "host_cpus": os.cpu_count(),
+          "python": platform.python_version()}
+
+
+def input_pipeline_config(args):
+  """The data config of ``--mode input-pipeline``: the dataset prepared in ``--data-dir`` (built from
+  ``--manual-dir`` the first time), the training crops and augmentations."""
+  from sparse_restore import input_pipeline
+  cfg = input_pipeline.default_data_config()
+  cfg.name = args.dataset
+  cfg.data_dir = args.data_dir or ""
+  cfg.manual_dir = args.manual_dir or ""
+  cfg.prefetch_buffer_size = args.prefetch
+  cfg.random_flip = True
+  cfg.random_rot90 = True
+  input_pipeline.prepare(cfg)
+  return cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The command-line parser of ``python -m sparse_restore.bench``."""
   p = argparse.ArgumentParser(prog="python -m sparse_restore.bench", description=__doc__.split("\n\n")[0],
@@ -326,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--size", default="256", help="image side(s), comma separated, e.g. 128,256,512")
   p.add_argument("--width", type=int, default=None, help="image width if different from --size (non-square)")
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--mode", choices=("forward", "train", "max-batch"), default="forward")
+  p.add_argument("--mode", choices=("forward", "train", "max-batch", "input-pipeline"), default="forward")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay f32)")
   p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (the median is reported)")
   p.add_argument("--remat", action="store_true", help="rematerialise each block (less training memory)")
@@ -340,6 +407,24 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
   p.add_argument("--system-malloc", action="store_true",
                  help="keep glibc's default allocator settings (default: reuse freed memory, see host_memory.py)")
+  p.add_argument("--compilation-cache", default="", metavar="DIR|none",
+                 help="persistent compilation cache folder (default: ~/.cache/sparse_restore/jax; none: off, "
+                      "for cold compile times; $JAX_COMPILATION_CACHE_DIR wins when set)")
+  ref = p.add_argument_group("same-run reference (forward and train modes)")
+  ref.add_argument("--reference-dir", default=None, metavar="DIR",
+                   help="folder with the authors' drs_ref.py (DRSformer_arch.py) and ast_ref.py (AST's model.py): "
+                        "time their PyTorch network for the same work after ours and report the speed-up")
+  ref.add_argument("--reference-precision", choices=bench_reference.CHOICES, default="best",
+                   help="reference precision: default (as released), tf32, bf16 (autocast) or best (fastest; "
+                        "default)")
+  ref.add_argument("--reference-runs", type=int, default=None, help="timed reference runs (default: --runs)")
+  data = p.add_argument_group("input-pipeline mode")
+  data.add_argument("--dataset", default="rain200h", help="dataset name (sparse_restore.datasets), default rain200h")
+  data.add_argument("--data-dir", default=None, help="TFDS data dir holding (or receiving) the prepared dataset")
+  data.add_argument("--manual-dir", default=None, help="the dataset's raw {train,test}/{input,target} folders")
+  data.add_argument("--num-workers", default="0,2,4", help="grain worker processes, comma separated (default 0,2,4)")
+  data.add_argument("--prefetch", type=int, default=4, help="batches read ahead (training's default, 4)")
+  data.add_argument("--warmup-batches", type=int, default=5, help="untimed batches first (default 5)")
   return p
 
 
@@ -368,8 +453,23 @@ def main(argv=None) -> int:
     policy_lib.for_platform("cpu", **(policy_overrides or {}))
   except (TypeError, ValueError) as e:
     p.error(f"--policy: {e}")
+  if args.runs <= 0:
+    p.error(f"--runs must be positive, got {args.runs}")
+  if args.mode == "input-pipeline":
+    return _input_pipeline_main(p, args, sizes)
+  arch, config = model_config(args.model, args.preset, model_kwargs)
+  if args.reference_dir is not None:
+    if args.mode not in ("forward", "train"):
+      p.error(f"--reference-dir times forward and train modes, not {args.mode}")
+    try:
+      bench_reference.check(args.reference_dir, arch, config, args.reference_precision)
+    except bench_reference.ReferenceError as e:
+      p.error(f"--reference-dir: {e}")
+    # PyTorch shares the device: JAX must not reserve most of its memory up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if not args.system_malloc:
     host_memory.keep_freed_memory()  # before the first JAX call starts the CPU client's threads
+  compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir())
   print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
         f"{'reuse' if host_memory.is_applied() else 'system'}", file=sys.stderr, flush=True)
   for size in sizes:
@@ -385,7 +485,43 @@ def main(argv=None) -> int:
       rec = measure(args.model, size=size, batch=args.batch, mode=args.mode, dtype=args.dtype, runs=args.runs,
                     remat=args.remat, conv_impl=args.conv_impl, preset=args.preset, peak_tflops=args.peak_tflops,
                     width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)
+      if args.reference_dir is not None:
+        bench_reference.release_jax_memory()
+        print(f"[bench] reference: {arch} {args.mode} {args.batch}x{rec['height']}x{rec['width']}, precision "
+              f"{args.reference_precision}", file=sys.stderr, flush=True)
+        try:
+          ref = bench_reference.measure(args.reference_dir, arch, config, mode=args.mode, batch=args.batch,
+                                        height=rec["height"], width=rec["width"],
+                                        precision=args.reference_precision, runs=args.reference_runs or args.runs,
+                                        jax_platform=jax.devices()[0].platform)
+        except bench_reference.ReferenceError as e:
+          ref = {"error": str(e)}
+        bench_reference.attach(rec, ref)
     print(json.dumps(rec), flush=True)
+  return 0
+
+
+def _input_pipeline_main(p, args, sizes) -> int:
+  try:
+    workers = [int(w) for w in str(args.num_workers).split(",") if w != ""]
+  except ValueError:
+    p.error(f"--num-workers must be integers separated by commas, got {args.num_workers!r}")
+  if not workers or min(workers) < 0:
+    p.error(f"--num-workers must be >= 0, got {args.num_workers!r}")
+  if args.batch <= 0:
+    p.error(f"--batch must be positive, got {args.batch}")
+  from sparse_restore import datasets
+  try:
+    cfg = input_pipeline_config(args)
+  except datasets.DatasetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for size in sizes:
+    cfg.patch_size = size
+    for n in workers:
+      rec = measure_input_pipeline(cfg, batch=args.batch, num_workers=n, runs=args.runs,
+                                   warmup_batches=args.warmup_batches)
+      print(json.dumps(rec), flush=True)
   return 0
 
 

@@ -51,6 +51,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -137,12 +138,14 @@ def random_params(module, seed: int = 0):
 
 
 def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str = "auto",
-          policy_overrides: Optional[Dict[str, Any]] = None):
-  """The network with benchmark options applied, running with the policy for JAX's first device."""
+          policy_overrides: Optional[Dict[str, Any]] = None, platform: Optional[str] = None):
+  """The network with benchmark options applied, running with the policy for ``platform`` (default: JAX's first
+  device's)."""
   kwargs = dict(config)
   if remat:
     kwargs["remat"] = True
-  pol = policy_lib.for_device(**{"conv": conv_impl, **(policy_overrides or {}), "dtype": dtype})
+  overrides = {"conv": conv_impl, **(policy_overrides or {}), "dtype": dtype}
+  pol = policy_lib.for_platform(platform, **overrides) if platform else policy_lib.for_device(**overrides)
   return models.create(arch, policy=pol, **kwargs)
 
 
@@ -257,6 +260,67 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
     rec["tflops_achieved"] = round(gflop / median / 1e3, 4)
     if peak_tflops:
       rec["fraction_of_peak"] = round(gflop / median / 1e3 / peak_tflops, 4)
+  return rec
+
+
+_SSA = re.compile(r"%[\w.#:-]+")
+_LOC = re.compile(r"\s*loc\(.*\)\s*$")
+_OP = re.compile(r"=\s*(?:\"?)(stablehlo\.[a-z_]+|mhlo\.[a-z_]+|chlo\.[a-z_]+)")
+
+
+def hlo_stats(text: str) -> Dict[str, Any]:
+  """Counts in a lowered program's StableHLO text (``jax.jit(...).trace(...).lower(...).as_text()``):
+  ``convolutions``, ``grouped`` (feature or batch group count > 1: depthwise / grouped, forward or gradient), ``distinct`` (different
+  shapes and attributes: each is a separate cuDNN autotuning job on a GPU), ``optimization_barriers``,
+  ``conditionals`` (``case`` / ``if``), ``while_loops`` (scans), ``custom_calls`` and ``ops`` (every StableHLO
+  operation, inside loops counted once)."""
+  convs, grouped, signatures = 0, 0, set()
+  ops: Dict[str, int] = {}
+  for line in text.splitlines():
+    m = _OP.search(line)
+    if not m:
+      continue
+    op = m.group(1).split(".", 1)[1]
+    ops[op] = ops.get(op, 0) + 1
+    if op == "convolution":
+      convs += 1
+      # Depthwise / grouped: feature groups (forward, input gradient) or batch groups (kernel gradient).
+      groups = [int(g) for g in re.findall(r"(?:feature|batch)_group_count = (\d+)", line)]
+      grouped += int(any(g > 1 for g in groups))
+      signatures.add(_LOC.sub("", _SSA.sub("%", line.split("=", 1)[1])))
+  return {"convolutions": convs, "grouped": grouped, "distinct": len(signatures),
+          "optimization_barriers": ops.get("optimization_barrier", 0),
+          "conditionals": ops.get("case", 0) + ops.get("if", 0), "while_loops": ops.get("while", 0),
+          "custom_calls": ops.get("custom_call", 0), "ops": sum(ops.values())}
+
+
+def lower_for(name: str, *, platform: str, size: int, batch: int, mode: str, dtype: str = "float32",
+              remat: bool = False, conv_impl: str = "auto", preset: Optional[str] = None,
+              width: Optional[int] = None, model_kwargs: Optional[Dict[str, Any]] = None,
+              policy_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Lowers the forward pass or the train step for ``platform`` (``cuda``, ``rocm``, ``tpu``, ``cpu``) with the
+  policy that platform gets, from any machine: nothing is compiled or run. Returns the record with
+  :func:`hlo_stats` of the StableHLO and ``lower_s``."""
+  arch, config = model_config(name, preset, model_kwargs)
+  module = build(arch, config, dtype=dtype, remat=remat, conv_impl=conv_impl, policy_overrides=policy_overrides,
+                 platform=policy_lib.platform_name(platform))
+  h, w = size, width or size
+  x = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
+  params = models.abstract_params(module)
+  t0 = time.perf_counter()
+  if mode == "forward":
+    traced = make_forward(module).trace(params, x)
+  elif mode == "train":
+    init_state, step, _ = make_train_step(module, batch=batch, size=h)
+    state = jax.eval_shape(init_state, params)
+    traced = step.trace(state, {"input": x, "target": x}, jax.eval_shape(lambda: jax.random.key(0)))
+  else:
+    raise ValueError(f"unknown mode {mode!r}")
+  text = traced.lower(lowering_platforms=(platform,)).as_text()
+  rec = {"model": name, "arch": arch, "mode": mode, "lowered_for": platform, "height": h, "width": w,
+         "batch": batch, "dtype": dtype, "remat": remat, "policy": module.policy.to_dict(),
+         "model_kwargs": model_kwargs or {}, "jax": jax.__version__, "lower_s": round(time.perf_counter() - t0, 3)}
+  rec.update(hlo_stats(text))
   return rec
 
 
@@ -402,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--policy", default=None,
                  help='JSON object of policy fields overriding the device\'s choice (sparse_restore/models/policy.py), '
                       'e.g. \'{"scan_blocks": true}\'')
+  p.add_argument("--lower-for", default=None, metavar="PLATFORM",
+                 help="forward/train: lower for PLATFORM (cuda, rocm, tpu, cpu) with its policy instead of timing, "
+                      "and report op and convolution counts of the StableHLO (works on any machine)")
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s, for fraction_of_peak")
   p.add_argument("--memory-gb", type=float, default=20.0, help="max-batch: memory budget")
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
@@ -472,6 +539,15 @@ def main(argv=None) -> int:
   compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir())
   print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
         f"{'reuse' if host_memory.is_applied() else 'system'}", file=sys.stderr, flush=True)
+  if args.lower_for is not None:
+    if args.mode not in ("forward", "train") or args.reference_dir is not None:
+      p.error("--lower-for lowers the forward or train mode, without --reference-dir")
+    for size in sizes:
+      print(json.dumps(lower_for(args.model, platform=args.lower_for, size=size, batch=args.batch, mode=args.mode,
+                                 dtype=args.dtype, remat=args.remat, conv_impl=args.conv_impl, preset=args.preset,
+                                 width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)),
+            flush=True)
+    return 0
   for size in sizes:
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,

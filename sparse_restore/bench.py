@@ -5,7 +5,8 @@ r"""Benchmarks: forward (inference) and full train-step timings of the networks,
     python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
     python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
     python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
-    python -m sparse_restore.bench --model drsformer --size 128 --batch 4 --mode train --reference-dir refs/
+    python -m sparse_restore.bench --model drsformer --size 256 --mode forward --reference-dir refs/
+    python -m sparse_restore.bench --model drsformer --size 128 --batch 4 --mode train --lower-for cuda
     python -m sparse_restore.bench --mode input-pipeline --manual-dir Rain200H/ --data-dir /tmp/tfds \
         --batch 16 --size 128 --num-workers 0,2,4
 
@@ -37,6 +38,10 @@ custom sizes compare like with like; a setting their file cannot express is a us
 ``input-pipeline`` mode measures the training input pipeline (:func:`sparse_restore.input_pipeline.train_dataset`:
 random crops of ``--size``, flips and rotations, batches of ``--batch``) on a prepared dataset, one record per
 ``--num-workers`` value: ``images_per_s`` in steady state (after ``--warmup-batches``, over ``--runs`` batches).
+
+``--lower-for PLATFORM`` (forward and train modes) lowers the program for ``cuda``, ``rocm``, ``tpu`` or ``cpu``
+with that platform's policy on any machine, runs nothing, and reports StableHLO counts (:func:`hlo_stats`):
+``convolutions``, ``grouped``, ``distinct``, ``optimization_barriers``, ``conditionals``, ``while_loops``, ``ops``.
 
 Compiled programs are kept in a persistent compilation cache (``--compilation-cache``, default the user cache
 folder; :mod:`sparse_restore.compile_cache`), so ``compile_s`` of a second run is the cached figure; pass
@@ -562,6 +567,8 @@ def main(argv=None) -> int:
                     remat=args.remat, conv_impl=args.conv_impl, preset=args.preset, peak_tflops=args.peak_tflops,
                     width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)
       if args.reference_dir is not None:
+        # Ours first on stderr: a reference that crashes the process (driver, library clash) cannot lose it.
+        print(f"[bench] ours: {json.dumps(rec)}", file=sys.stderr, flush=True)
         bench_reference.release_jax_memory()
         print(f"[bench] reference: {arch} {args.mode} {args.batch}x{rec['height']}x{rec['width']}, precision "
               f"{args.reference_precision}", file=sys.stderr, flush=True)

@@ -200,7 +200,7 @@ def measure(ref_dir: str, arch: str, config: Dict[str, Any], *, mode: str, batch
 
   ``precision`` is one of :data:`CHOICES`; ``best`` keeps the fastest precision that ran (``all`` lists each).
   ``jax_platform`` is the platform the bench ran ours on: ``gpu`` -> CUDA (an error if PyTorch has no CUDA),
-  anything else -> CPU. ``warmup``: untimed calls before the timed ones (default 3 on CUDA, 1 on CPU).
+  anything else -> CPU. ``warmup``: untimed calls before the timed ones (default 3 on CUDA, 2 on CPU: the first calls of a shape are slow there too).
   """
   if precision not in CHOICES:
     raise ReferenceError(f"unknown reference precision {precision!r} (one of {', '.join(CHOICES)})")
@@ -214,7 +214,7 @@ def measure(ref_dir: str, arch: str, config: Dict[str, Any], *, mode: str, batch
     device = "cuda"
   else:
     device = "cpu"
-  warmup = warmup if warmup is not None else (3 if device == "cuda" else 1)
+  warmup = warmup if warmup is not None else (3 if device == "cuda" else 2)
   if device == "cpu":
     precisions = ("default", "bf16") if precision == "best" else (precision,)
   else:

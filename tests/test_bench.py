@@ -230,3 +230,20 @@ def test_input_pipeline_mode_reports_images_per_second(capsys, tmp_path, data_di
   assert rec["images_per_s"] == pytest.approx(4 / rec["seconds_per_batch"], rel=1e-2)
   with pytest.raises(SystemExit):
     bench.main(["--mode", "input-pipeline", "--num-workers", "two"])
+
+
+def test_lower_for_reports_convolution_counts_without_running(capsys):
+  """--lower-for cuda: the GPU policy's program, lowered on this CPU; 'taps' leaves no grouped convolution."""
+  recs = {}
+  for conv in ("auto", "taps"):
+    rc = bench.main(["--model", "drsformer", "--model-kwargs", json.dumps(TINY_MEFC), "--size", "16", "--mode",
+                     "forward", "--lower-for", "cuda", "--conv-impl", conv])
+    assert rc == 0
+    recs[conv] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  xla, taps = recs["auto"], recs["taps"]
+  assert xla["lowered_for"] == "cuda" and xla["policy"]["conv"] == "xla" and not xla["policy"]["fusion_guards"]
+  assert "median_s" not in xla  # nothing ran
+  assert xla["grouped"] > 0 and xla["distinct"] <= xla["convolutions"] and xla["optimization_barriers"] == 0
+  assert taps["policy"]["conv"] == "taps" and taps["grouped"] == 0 and taps["convolutions"] < xla["convolutions"]
+  with pytest.raises(SystemExit):
+    bench.main(["--mode", "max-batch", "--lower-for", "cuda"])

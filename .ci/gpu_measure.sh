@@ -80,7 +80,7 @@ step() {
   fi
   [ "$limit" -gt "$left" ] && limit="$left"
   echo "== step $n (timeout ${limit}s): $what" | tee -a "$LOG"
-  local t0=$(date +%s) rc
+  local t0=$(date +%s) rc from=$(($(wc -l <"$LOG") + 1))
   timeout --kill-after=10 "$limit" "$@" 2>>"$LOG" | while IFS= read -r line; do
     case "$line" in
       "{"*) printf '{"step": %s, "what": "%s", "record": %s}\n' "$n" "$what" "$line" >>"$RESULTS" ;;
@@ -88,6 +88,11 @@ step() {
     esac
   done
   rc=${PIPESTATUS[0]}
+  if [ "$rc" -ne 0 ]; then  # ours is on stderr before a reference runs: keep it when the step did not finish
+    tail -n +"$from" "$LOG" | sed -n 's/^\[bench\] ours: //p' | while IFS= read -r line; do
+      printf '{"step": %s, "what": "%s", "partial": true, "record": %s}\n' "$n" "$what" "$line" >>"$RESULTS"
+    done
+  fi
   echo "step $n rc=$rc $(( $(date +%s) - t0 ))s: $what" | tee -a "$OUT/summary.txt"
 }
 

@@ -93,6 +93,9 @@ def get_config():
   config.max_checkpoints_to_keep = 3         # older ones are deleted; 0 = keep all, else >= 2 (a damaged newest
                                              # checkpoint falls back to the one before it)
   config.profile = False                     # capture a jax profiler trace of a few steps into the workdir
+  # Persistent compilation cache: '' = <workdir>/compile_cache, 'none' = off, else a folder (shared by runs);
+  # $JAX_COMPILATION_CACHE_DIR wins when set.
+  config.compilation_cache_dir = ""
 
   config.eval = ml_collections.ConfigDict()
   config.eval.save_images = True             # write restored PNGs to <workdir>/eval/<step>/images/

@@ -5,11 +5,15 @@ r"""Benchmarks: forward (inference) and full train-step timings of the networks,
     python -m sparse_restore.bench --model drsformer --size 128 --batch 2 --mode train [--remat] [--dtype bfloat16]
     python -m sparse_restore.bench --model drsformer --size 128 --mode max-batch --memory-gb 20 [--remat]
     python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
+    python -m sparse_restore.bench --model drsformer --size 256 --mode forward --reference-dir refs/
+    python -m sparse_restore.bench --model drsformer --size 128 --batch 4 --mode train --lower-for cuda
+    python -m sparse_restore.bench --mode input-pipeline --manual-dir Rain200H/ --data-dir /tmp/tfds \
+        --batch 16 --size 128 --num-workers 0,2,4
 
 Each measurement prints ONE JSON object on stdout (progress goes to stderr), with at least:
 ``median_s`` (median wall time of one call after warm-up), ``min_s``, ``median_cpu_s`` (process CPU time of
 one call, all threads: robust to other load on a shared machine), ``runs``, ``compile_s`` and ``compile_cpu_s``
-(lowering + XLA compilation, measured separately), ``first_call_s`` (first execution after compilation), ``images_per_s``,
+(lowering + XLA compilation, measured separately; ``lower_s`` the tracing and lowering part of it), ``first_call_s`` (first execution after compilation), ``images_per_s``,
 ``us_per_pixel`` (microseconds per output pixel: flat across sizes means linear scaling), ``peak_rss_gb``
 (whole process, from getrusage), ``device_peak_gb`` (accelerator allocator peak when the backend reports it),
 ``gflop`` (XLA's cost analysis of the compiled call) and ``tflops_achieved``; with ``--peak-tflops`` also
@@ -22,6 +26,27 @@ drop-path is on, L1 loss, backward, global-norm clipping, AdamW; jitted, state d
 (arguments + outputs + temporaries, minus donated/aliased buffers) for growing batch sizes, and reports the
 largest batch that fits in ``--memory-gb``; ``--check`` additionally runs that batch once and reports peak RSS.
 
+``--reference-dir DIR`` (forward and train modes) then times the authors' PyTorch network for the same work in
+the same process on the same device (:mod:`sparse_restore.bench_reference`; ``DIR`` holds their ``drs_ref.py`` /
+``ast_ref.py``; PyTorch needed) and adds ``reference`` (``median_s``, ``min_s``, ``median_cpu_s``, ``precision``,
+``device_peak_gb``, ``torch``, ``torch_threads``, ``kwargs``, ``params``, and ``all`` when several precisions ran),
+``speedup`` (reference median / ours), ``speedup_cpu`` (the same in process CPU time) and ``memory_ratio`` (our
+device peak / the reference's). ``--reference-precision`` picks ``default``, ``tf32``, ``bf16`` or ``best``
+(the fastest of them, the default). Our ``--model-kwargs`` are mapped to the authors' constructor, so tiny and
+custom sizes compare like with like; a setting their file cannot express is a usage error.
+
+``input-pipeline`` mode measures the training input pipeline (:func:`sparse_restore.input_pipeline.train_dataset`:
+random crops of ``--size``, flips and rotations, batches of ``--batch``) on a prepared dataset, one record per
+``--num-workers`` value: ``images_per_s`` in steady state (after ``--warmup-batches``, over ``--runs`` batches).
+
+``--lower-for PLATFORM`` (forward and train modes) lowers the program for ``cuda``, ``rocm``, ``tpu`` or ``cpu``
+with that platform's policy on any machine, runs nothing, and reports StableHLO counts (:func:`hlo_stats`):
+``convolutions``, ``grouped``, ``distinct``, ``optimization_barriers``, ``conditionals``, ``while_loops``, ``ops``.
+
+Compiled programs are kept in a persistent compilation cache (``--compilation-cache``, default the user cache
+folder; :mod:`sparse_restore.compile_cache`), so ``compile_s`` of a second run is the cached figure; pass
+``--compilation-cache none`` for cold compile times.
+
 Timing rules (performance.md): jitted functions, a warm-up call, ``block_until_ready()``, median of ``--runs``.
 Default networks are the full-size published ones (DRSformer with MEFC, AST_B) with random weights.
 """
@@ -29,7 +54,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -40,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_restore import host_memory, models
+from sparse_restore import bench_reference, compile_cache, host_memory, models
 from sparse_restore.models import policy as policy_lib
 
 DEFAULT_CONFIGS = {
@@ -116,12 +143,14 @@ def random_params(module, seed: int = 0):
 
 
 def build(arch: str, config: Dict[str, Any], *, dtype: str, remat: bool, conv_impl: str = "auto",
-          policy_overrides: Optional[Dict[str, Any]] = None):
-  """The network with benchmark options applied, running with the policy for JAX's first device."""
+          policy_overrides: Optional[Dict[str, Any]] = None, platform: Optional[str] = None):
+  """The network with benchmark options applied, running with the policy for ``platform`` (default: JAX's first
+  device's)."""
   kwargs = dict(config)
   if remat:
     kwargs["remat"] = True
-  pol = policy_lib.for_device(**{"conv": conv_impl, **(policy_overrides or {}), "dtype": dtype})
+  overrides = {"conv": conv_impl, **(policy_overrides or {}), "dtype": dtype}
+  pol = policy_lib.for_platform(platform, **overrides) if platform else policy_lib.for_device(**overrides)
   return models.create(arch, policy=pol, **kwargs)
 
 
@@ -204,7 +233,9 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
     raise ValueError(f"unknown mode {mode!r}")
 
   t0, c0 = time.perf_counter(), time.process_time()
-  compiled = fn.lower(*args).compile()
+  lowered = fn.lower(*args)
+  lower_s = time.perf_counter() - t0  # tracing + lowering: never cached (the persistent cache keeps XLA's part)
+  compiled = lowered.compile()
   compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
   t0 = time.perf_counter()
   out = compiled(*args)
@@ -220,9 +251,11 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
       "dtype": dtype, "remat": remat, "conv_impl": module.policy.conv, "policy": module.policy.to_dict(),
       "params": n_params,
       "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+      "compilation_cache": jax.config.jax_compilation_cache_dir,
       "num_devices": jax.device_count(), "jax": jax.__version__, "python": platform.python_version(),
       "model_kwargs": model_kwargs or {}, "host_malloc": "reuse" if host_memory.is_applied() else "system",
-      "compile_s": round(compile_s, 3), "compile_cpu_s": round(compile_cpu_s, 3),
+      "compile_s": round(compile_s, 3), "compile_cpu_s": round(compile_cpu_s, 3), "lower_s": round(lower_s, 3),
       "first_call_s": round(first_call_s, 4), "runs": runs,
       "median_s": round(median, 5), "min_s": round(min(times), 5),
       "median_cpu_s": round(statistics.median(cpu_times), 5),
@@ -234,6 +267,67 @@ def measure(name: str, *, size: int, batch: int, mode: str, dtype: str = "float3
     rec["tflops_achieved"] = round(gflop / median / 1e3, 4)
     if peak_tflops:
       rec["fraction_of_peak"] = round(gflop / median / 1e3 / peak_tflops, 4)
+  return rec
+
+
+_SSA = re.compile(r"%[\w.#:-]+")
+_LOC = re.compile(r"\s*loc\(.*\)\s*$")
+_OP = re.compile(r"=\s*(?:\"?)(stablehlo\.[a-z_]+|mhlo\.[a-z_]+|chlo\.[a-z_]+)")
+
+
+def hlo_stats(text: str) -> Dict[str, Any]:
+  """Counts in a lowered program's StableHLO text (``jax.jit(...).trace(...).lower(...).as_text()``):
+  ``convolutions``, ``grouped`` (feature or batch group count > 1: depthwise / grouped, forward or gradient), ``distinct`` (different
+  shapes and attributes: each is a separate cuDNN autotuning job on a GPU), ``optimization_barriers``,
+  ``conditionals`` (``case`` / ``if``), ``while_loops`` (scans), ``custom_calls`` and ``ops`` (every StableHLO
+  operation, inside loops counted once)."""
+  convs, grouped, signatures = 0, 0, set()
+  ops: Dict[str, int] = {}
+  for line in text.splitlines():
+    m = _OP.search(line)
+    if not m:
+      continue
+    op = m.group(1).split(".", 1)[1]
+    ops[op] = ops.get(op, 0) + 1
+    if op == "convolution":
+      convs += 1
+      # Depthwise / grouped: feature groups (forward, input gradient) or batch groups (kernel gradient).
+      groups = [int(g) for g in re.findall(r"(?:feature|batch)_group_count = (\d+)", line)]
+      grouped += int(any(g > 1 for g in groups))
+      signatures.add(_LOC.sub("", _SSA.sub("%", line.split("=", 1)[1])))
+  return {"convolutions": convs, "grouped": grouped, "distinct": len(signatures),
+          "optimization_barriers": ops.get("optimization_barrier", 0),
+          "conditionals": ops.get("case", 0) + ops.get("if", 0), "while_loops": ops.get("while", 0),
+          "custom_calls": ops.get("custom_call", 0), "ops": sum(ops.values())}
+
+
+def lower_for(name: str, *, platform: str, size: int, batch: int, mode: str, dtype: str = "float32",
+              remat: bool = False, conv_impl: str = "auto", preset: Optional[str] = None,
+              width: Optional[int] = None, model_kwargs: Optional[Dict[str, Any]] = None,
+              policy_overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Lowers the forward pass or the train step for ``platform`` (``cuda``, ``rocm``, ``tpu``, ``cpu``) with the
+  policy that platform gets, from any machine: nothing is compiled or run. Returns the record with
+  :func:`hlo_stats` of the StableHLO and ``lower_s``."""
+  arch, config = model_config(name, preset, model_kwargs)
+  module = build(arch, config, dtype=dtype, remat=remat, conv_impl=conv_impl, policy_overrides=policy_overrides,
+                 platform=policy_lib.platform_name(platform))
+  h, w = size, width or size
+  x = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
+  params = models.abstract_params(module)
+  t0 = time.perf_counter()
+  if mode == "forward":
+    traced = make_forward(module).trace(params, x)
+  elif mode == "train":
+    init_state, step, _ = make_train_step(module, batch=batch, size=h)
+    state = jax.eval_shape(init_state, params)
+    traced = step.trace(state, {"input": x, "target": x}, jax.eval_shape(lambda: jax.random.key(0)))
+  else:
+    raise ValueError(f"unknown mode {mode!r}")
+  text = traced.lower(lowering_platforms=(platform,)).as_text()
+  rec = {"model": name, "arch": arch, "mode": mode, "lowered_for": platform, "height": h, "width": w,
+         "batch": batch, "dtype": dtype, "remat": remat, "policy": module.policy.to_dict(),
+         "model_kwargs": model_kwargs or {}, "jax": jax.__version__, "lower_s": round(time.perf_counter() - t0, 3)}
+  rec.update(hlo_stats(text))
   return rec
 
 
@@ -314,6 +408,50 @@ def max_batch(name: str, *, size: int, memory_gb: float, remat: bool, dtype: str
           "backend": jax.default_backend(), "jax": jax.__version__}
 
 
+def measure_input_pipeline(data_config, *, batch: int, num_workers: int, runs: int = 20,
+                           warmup_batches: int = 5, seed: int = 0) -> Dict[str, Any]:
+  """Steady-state throughput of the training input pipeline (:func:`sparse_restore.input_pipeline.train_dataset`
+  on ``data_config``, prepared) with ``num_workers`` worker processes: ``warmup_batches`` batches untimed
+  (worker start-up, first reads), then ``runs`` batches timed. Wall time, and the main process's CPU time
+  (workers' CPU time is not in it)."""
+  import ml_collections
+  from sparse_restore import input_pipeline
+  cfg = ml_collections.ConfigDict(dict(data_config.to_dict(), num_workers=int(num_workers)))
+  t0 = time.perf_counter()
+  it = iter(input_pipeline.train_dataset(cfg, global_batch_size=batch, seed=seed))
+  for _ in range(warmup_batches):
+    first = next(it)
+  warmup_s = time.perf_counter() - t0
+  t0, c0 = time.perf_counter(), time.process_time()
+  for _ in range(runs):
+    first = next(it)
+  wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+  shape = tuple(first["input"].shape)
+  del it
+  return {"mode": "input-pipeline", "dataset": cfg.name, "batch": batch, "patch_size": int(cfg.patch_size),
+          "batch_shape": list(shape), "num_workers": int(num_workers),
+          "prefetch_buffer_size": int(cfg.prefetch_buffer_size), "random_flip": bool(cfg.random_flip),
+          "random_rot90": bool(cfg.random_rot90), "warmup_batches": warmup_batches, "warmup_s": round(warmup_s, 3),
+          "runs": runs, "seconds_per_batch": round(wall / runs, 5), "images_per_s": round(runs * batch / wall, 2),
+          "main_process_cpu_s_per_batch": round(cpu / runs, 5), "host_cpus": os.cpu_count(),
+          "python": platform.python_version()}
+
+
+def input_pipeline_config(args):
+  """The data config of ``--mode input-pipeline``: the dataset prepared in ``--data-dir`` (built from
+  ``--manual-dir`` the first time), the training crops and augmentations."""
+  from sparse_restore import input_pipeline
+  cfg = input_pipeline.default_data_config()
+  cfg.name = args.dataset
+  cfg.data_dir = args.data_dir or ""
+  cfg.manual_dir = args.manual_dir or ""
+  cfg.prefetch_buffer_size = args.prefetch
+  cfg.random_flip = True
+  cfg.random_rot90 = True
+  input_pipeline.prepare(cfg)
+  return cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The command-line parser of ``python -m sparse_restore.bench``."""
   p = argparse.ArgumentParser(prog="python -m sparse_restore.bench", description=__doc__.split("\n\n")[0],
@@ -326,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--size", default="256", help="image side(s), comma separated, e.g. 128,256,512")
   p.add_argument("--width", type=int, default=None, help="image width if different from --size (non-square)")
   p.add_argument("--batch", type=int, default=1)
-  p.add_argument("--mode", choices=("forward", "train", "max-batch"), default="forward")
+  p.add_argument("--mode", choices=("forward", "train", "max-batch", "input-pipeline"), default="forward")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay f32)")
   p.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up (the median is reported)")
   p.add_argument("--remat", action="store_true", help="rematerialise each block (less training memory)")
@@ -335,11 +473,32 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--policy", default=None,
                  help='JSON object of policy fields overriding the device\'s choice (sparse_restore/models/policy.py), '
                       'e.g. \'{"scan_blocks": true}\'')
+  p.add_argument("--lower-for", default=None, metavar="PLATFORM",
+                 help="forward/train: lower for PLATFORM (cuda, rocm, tpu, cpu) with its policy instead of timing, "
+                      "and report op and convolution counts of the StableHLO (works on any machine)")
   p.add_argument("--peak-tflops", type=float, default=None, help="device peak TFLOP/s, for fraction_of_peak")
   p.add_argument("--memory-gb", type=float, default=20.0, help="max-batch: memory budget")
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
   p.add_argument("--system-malloc", action="store_true",
                  help="keep glibc's default allocator settings (default: reuse freed memory, see host_memory.py)")
+  p.add_argument("--compilation-cache", default="", metavar="DIR|none",
+                 help="persistent compilation cache folder (default: ~/.cache/sparse_restore/jax; none: off, "
+                      "for cold compile times; $JAX_COMPILATION_CACHE_DIR wins when set)")
+  ref = p.add_argument_group("same-run reference (forward and train modes)")
+  ref.add_argument("--reference-dir", default=None, metavar="DIR",
+                   help="folder with the authors' drs_ref.py (DRSformer_arch.py) and ast_ref.py (AST's model.py): "
+                        "time their PyTorch network for the same work after ours and report the speed-up")
+  ref.add_argument("--reference-precision", choices=bench_reference.CHOICES, default="best",
+                   help="reference precision: default (as released), tf32, bf16 (autocast) or best (fastest; "
+                        "default)")
+  ref.add_argument("--reference-runs", type=int, default=None, help="timed reference runs (default: --runs)")
+  data = p.add_argument_group("input-pipeline mode")
+  data.add_argument("--dataset", default="rain200h", help="dataset name (sparse_restore.datasets), default rain200h")
+  data.add_argument("--data-dir", default=None, help="TFDS data dir holding (or receiving) the prepared dataset")
+  data.add_argument("--manual-dir", default=None, help="the dataset's raw {train,test}/{input,target} folders")
+  data.add_argument("--num-workers", default="0,2,4", help="grain worker processes, comma separated (default 0,2,4)")
+  data.add_argument("--prefetch", type=int, default=4, help="batches read ahead (training's default, 4)")
+  data.add_argument("--warmup-batches", type=int, default=5, help="untimed batches first (default 5)")
   return p
 
 
@@ -368,10 +527,34 @@ def main(argv=None) -> int:
     policy_lib.for_platform("cpu", **(policy_overrides or {}))
   except (TypeError, ValueError) as e:
     p.error(f"--policy: {e}")
+  if args.runs <= 0:
+    p.error(f"--runs must be positive, got {args.runs}")
+  if args.mode == "input-pipeline":
+    return _input_pipeline_main(p, args, sizes)
+  arch, config = model_config(args.model, args.preset, model_kwargs)
+  if args.reference_dir is not None:
+    if args.mode not in ("forward", "train"):
+      p.error(f"--reference-dir times forward and train modes, not {args.mode}")
+    try:
+      bench_reference.check(args.reference_dir, arch, config, args.reference_precision)
+    except bench_reference.ReferenceError as e:
+      p.error(f"--reference-dir: {e}")
+    # PyTorch shares the device: JAX must not reserve most of its memory up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   if not args.system_malloc:
     host_memory.keep_freed_memory()  # before the first JAX call starts the CPU client's threads
+  compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir())
   print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
         f"{'reuse' if host_memory.is_applied() else 'system'}", file=sys.stderr, flush=True)
+  if args.lower_for is not None:
+    if args.mode not in ("forward", "train") or args.reference_dir is not None:
+      p.error("--lower-for lowers the forward or train mode, without --reference-dir")
+    for size in sizes:
+      print(json.dumps(lower_for(args.model, platform=args.lower_for, size=size, batch=args.batch, mode=args.mode,
+                                 dtype=args.dtype, remat=args.remat, conv_impl=args.conv_impl, preset=args.preset,
+                                 width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)),
+            flush=True)
+    return 0
   for size in sizes:
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,
@@ -385,7 +568,45 @@ def main(argv=None) -> int:
       rec = measure(args.model, size=size, batch=args.batch, mode=args.mode, dtype=args.dtype, runs=args.runs,
                     remat=args.remat, conv_impl=args.conv_impl, preset=args.preset, peak_tflops=args.peak_tflops,
                     width=args.width, model_kwargs=model_kwargs, policy_overrides=policy_overrides)
+      if args.reference_dir is not None:
+        # Ours first on stderr: a reference that crashes the process (driver, library clash) cannot lose it.
+        print(f"[bench] ours: {json.dumps(rec)}", file=sys.stderr, flush=True)
+        bench_reference.release_jax_memory()
+        print(f"[bench] reference: {arch} {args.mode} {args.batch}x{rec['height']}x{rec['width']}, precision "
+              f"{args.reference_precision}", file=sys.stderr, flush=True)
+        try:
+          ref = bench_reference.measure(args.reference_dir, arch, config, mode=args.mode, batch=args.batch,
+                                        height=rec["height"], width=rec["width"],
+                                        precision=args.reference_precision, runs=args.reference_runs or args.runs,
+                                        jax_platform=jax.devices()[0].platform)
+        except bench_reference.ReferenceError as e:
+          ref = {"error": str(e)}
+        bench_reference.attach(rec, ref)
     print(json.dumps(rec), flush=True)
+  return 0
+
+
+def _input_pipeline_main(p, args, sizes) -> int:
+  try:
+    workers = [int(w) for w in str(args.num_workers).split(",") if w != ""]
+  except ValueError:
+    p.error(f"--num-workers must be integers separated by commas, got {args.num_workers!r}")
+  if not workers or min(workers) < 0:
+    p.error(f"--num-workers must be >= 0, got {args.num_workers!r}")
+  if args.batch <= 0:
+    p.error(f"--batch must be positive, got {args.batch}")
+  from sparse_restore import datasets
+  try:
+    cfg = input_pipeline_config(args)
+  except datasets.DatasetError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for size in sizes:
+    cfg.patch_size = size
+    for n in workers:
+      rec = measure_input_pipeline(cfg, batch=args.batch, num_workers=n, runs=args.runs,
+                                   warmup_batches=args.warmup_batches)
+      print(json.dumps(rec), flush=True)
   return 0
 
 

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-memory-check", action="store_true",
                  help="skip the pre-run memory estimate (a too-large image may then be killed by the OS)")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument("--compilation-cache", default="", metavar="DIR|none",
+                 help="persistent compilation cache folder (default: ~/.cache/sparse_restore/jax; "
+                      "$JAX_COMPILATION_CACHE_DIR wins when set)")
   return p
 
 
@@ -115,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pass
     return _usage_error(msg)
 
+  from sparse_restore import compile_cache
+  compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir())
   import jax
   import jax.numpy as jnp
   from sparse_restore import checkpoint, restore

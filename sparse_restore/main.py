@@ -13,8 +13,9 @@ Modes:
             <workdir>/eval/<step>/.
 
 Config fields are overridden with ``--config.<field>=<value>``; the config is locked, so a misspelt field fails.
-Set ``JAX_COMPILATION_CACHE_DIR=<dir>`` to reuse compiled programs across runs (XLA:CPU needs minutes to compile
-a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of returning it to the OS
+Compiled programs are kept in a persistent cache, ``<workdir>/compile_cache`` unless ``config.compilation_cache_dir``
+names another folder (or ``none``) or ``$JAX_COMPILATION_CACHE_DIR`` is set (``sparse_restore/compile_cache.py``), so
+a second run of the same configuration does not compile again (XLA:CPU needs minutes for a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of returning it to the OS
 (``sparse_restore/host_memory.py``; ~30% faster CPU train steps); ``SPARSE_RESTORE_SYSTEM_MALLOC=1`` turns it off.
 
 Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then takes the
@@ -67,6 +68,9 @@ def main(argv):
   from sparse_restore import host_memory
   host_memory.keep_freed_memory()  # before JAX starts its threads; SPARSE_RESTORE_SYSTEM_MALLOC=1 opts out
   distributed = initialize_distributed()
+  from sparse_restore import compile_cache  # before anything compiles: JAX reads the setting once
+  compile_cache.enable(FLAGS.config.get("compilation_cache_dir", ""),
+                       default=compile_cache.workdir_cache_dir(FLAGS.workdir))
   import jax
   from sparse_restore import checkpoint, datasets, model_eval, sharding, train
 

@@ -1,5 +1,6 @@
 """Smoke test of the benchmark CLI (``python -m sparse_restore.bench``) on a tiny registry network."""
 import json
+import sys
 
 import pytest
 
@@ -80,3 +81,169 @@ def test_policy_flag_reaches_the_network(capsys):
   for bad in ('{"conv_impl": "xla"}', '[1]', '{"conv": "cudnn"}'):
     with pytest.raises(SystemExit):
       bench.main(["--policy", bad])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Same-run reference (--reference-dir): stand-in files with the authors' constructor signatures, written here.
+# ------------------------------------------------------------------------------------------------------------
+
+TINY_MEFC = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 2]}  # the authors' file always has MEFC
+
+STANDIN_DRS = '''
+import torch
+from torch import nn
+
+
+class DRSformer(nn.Module):
+    def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=[4, 6, 6, 8], heads=[1, 2, 4, 8],
+                 ffn_expansion_factor=2.66, bias=False, LayerNorm_type='WithBias'):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(inp_channels, dim, 3, padding=1, bias=bias),
+                                  nn.Conv2d(dim, out_channels, 3, padding=1, bias=bias))
+
+    def forward(self, x):
+        return x + self.body(x)
+'''
+
+STANDIN_AST = '''
+import torch
+from torch import nn
+import not_installed_anywhere_xyz  # like ast_ref.py's timm/einops imports when they are missing
+
+
+class AST(nn.Module):
+    pass
+'''
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache(request, monkeypatch):
+  """The bench turns on a persistent compilation cache: the tests' shared one, not the user's."""
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(request.config.cache.mkdir("jax_compilation_cache")))
+
+
+@pytest.fixture
+def standin_dir(tmp_path):
+  (tmp_path / "drs_ref.py").write_text(STANDIN_DRS)
+  (tmp_path / "ast_ref.py").write_text(STANDIN_AST)
+  return tmp_path
+
+
+def test_reference_dir_times_the_authors_network_in_the_same_run(capsys, standin_dir):
+  pytest.importorskip("torch", reason="--reference-dir times a PyTorch network")
+  import torch
+  rc = bench.main(["--model", "drsformer", "--model-kwargs", json.dumps(TINY_MEFC), "--size", "16", "--runs", "2",
+                   "--reference-dir", str(standin_dir), "--reference-precision", "default"])
+  assert rc == 0
+  rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  ref = rec["reference"]
+  assert ref["impl"] == "pytorch-reference" and ref["file"] == "drs_ref.py" and ref["device"] == "cpu"
+  assert ref["precision"] == ref["requested_precision"] == "default" and "all" not in ref
+  assert ref["torch"] == torch.__version__ and ref["torch_threads"] == torch.get_num_threads()
+  # Our --model-kwargs reach the authors' constructor under its own names.
+  assert ref["kwargs"] == {"inp_channels": 3, "out_channels": 3, "dim": 8, "num_blocks": [1, 1, 1, 1],
+                           "heads": [1, 1, 1, 2]}
+  assert ref["params"] == 2 * 8 * 3 * 9  # the stand-in's two convolutions at dim 8
+  assert ref["runs"] == 2 and 0 < ref["min_s"] <= ref["median_s"] and ref["median_cpu_s"] > 0
+  assert ref["device_peak_gb"] is None  # CPU: no device allocator
+  assert rec["speedup"] == pytest.approx(ref["median_s"] / rec["median_s"], rel=1e-3)
+  assert rec["speedup_cpu"] == pytest.approx(ref["median_cpu_s"] / rec["median_cpu_s"], rel=1e-3)
+  assert rec["memory_ratio"] is None
+
+
+def test_reference_best_precision_keeps_the_fastest_and_records_all(standin_dir):
+  pytest.importorskip("torch", reason="--reference-dir times a PyTorch network")
+  from sparse_restore import bench_reference
+  ref = bench_reference.measure(str(standin_dir), "drsformer", dict(TINY_MEFC, bias=True, layernorm_type="BiasFree"),
+                                mode="train", batch=2, height=16, width=16, precision="best", runs=2)
+  assert [r["precision"] for r in ref["all"]] == ["default", "bf16"]  # TF32 switches do nothing on a CPU
+  assert ref["median_s"] == min(r["median_s"] for r in ref["all"])
+  assert ref["precision"] in ("default", "bf16") and ref["requested_precision"] == "best"
+  assert ref["kwargs"]["bias"] is True and ref["kwargs"]["LayerNorm_type"] == "BiasFree"
+  assert ref["params"] == 2 * (8 * 3 * 9) + 8 + 3  # biases on
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("missing", "no such folder"), ("file", "not a folder"), ("empty", "drs_ref.py: missing"),
+    ("no_class", "defines no class DRSformer")])
+def test_reference_dir_errors_are_one_usage_line(capsys, tmp_path, setup, message):
+  pytest.importorskip("torch", reason="the folder is checked after PyTorch is found")
+  ref = tmp_path / "refs"
+  if setup == "file":
+    ref.write_text("")
+  elif setup in ("empty", "no_class"):
+    ref.mkdir()
+    if setup == "no_class":
+      (ref / "drs_ref.py").write_text("import torch\nclass Other(torch.nn.Module):\n    pass\n")
+  with pytest.raises(SystemExit) as exc:
+    bench.main(["--model", "drsformer", "--size", "16", "--reference-dir", str(ref)])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert f"--reference-dir: {ref}" in err and message in err and "Traceback" not in err
+
+
+def test_reference_dir_refuses_what_the_authors_file_cannot_express(capsys, standin_dir):
+  pytest.importorskip("torch", reason="the folder is checked after PyTorch is found")
+  for argv, message in (
+      (["--model", "drsformer_nomefc"], "no switch for use_mefc=False"),
+      (["--model", "drsformer", "--model-kwargs", '{"ffn_type": "dfn"}'], "no switch for ffn_type='dfn'"),
+      (["--model", "ast"], "cannot be imported: No module named 'not_installed_anywhere_xyz'"),
+      (["--model", "drsformer", "--mode", "max-batch"], "times forward and train modes"),
+      (["--model", "drsformer", "--reference-precision", "fp8"], "invalid choice")):
+    with pytest.raises(SystemExit) as exc:
+      bench.main(argv + ["--size", "16", "--reference-dir", str(standin_dir)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_reference_dir_without_torch_is_a_usage_error(capsys, monkeypatch, standin_dir):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  with pytest.raises(SystemExit) as exc:
+    bench.main(["--model", "drsformer", "--size", "16", "--reference-dir", str(standin_dir)])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  assert "--reference-dir needs PyTorch" in err and "Traceback" not in err
+
+
+def test_reference_kwargs_map_ast_fields():
+  from sparse_restore import bench_reference
+  arch, config = bench.model_config("ast", None, {"embed_dim": 8, "depths": [1] * 9, "img_size": 32})
+  kw = bench_reference.reference_kwargs(arch, config)
+  assert kw == {"token_projection": "linear", "img_size": 32, "embed_dim": 8, "depths": [1] * 9,
+                "num_heads": list(config["num_heads"]), "win_size": 8, "mlp_ratio": 4.0, "token_mlp": "frfn"}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Input pipeline throughput (--mode input-pipeline)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_input_pipeline_mode_reports_images_per_second(capsys, tmp_path, data_dir):
+  rc = bench.main(["--mode", "input-pipeline", "--dataset", "rain200h", "--manual-dir",
+                   str(data_dir / "rain200h_sample"), "--data-dir", str(tmp_path / "tfds"), "--size", "64",
+                   "--batch", "4", "--num-workers", "0", "--runs", "3", "--warmup-batches", "1"])
+  assert rc == 0
+  rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rec["mode"] == "input-pipeline" and rec["num_workers"] == 0 and rec["batch_shape"] == [4, 64, 64, 3]
+  assert rec["random_flip"] and rec["random_rot90"] and rec["runs"] == 3
+  assert rec["images_per_s"] == pytest.approx(4 / rec["seconds_per_batch"], rel=1e-2)
+  with pytest.raises(SystemExit):
+    bench.main(["--mode", "input-pipeline", "--num-workers", "two"])
+
+
+def test_lower_for_reports_convolution_counts_without_running(capsys):
+  """--lower-for cuda: the GPU policy's program, lowered on this CPU; 'taps' leaves no grouped convolution."""
+  recs = {}
+  for conv in ("auto", "taps"):
+    rc = bench.main(["--model", "drsformer", "--model-kwargs", json.dumps(TINY_MEFC), "--size", "16", "--mode",
+                     "forward", "--lower-for", "cuda", "--conv-impl", conv])
+    assert rc == 0
+    recs[conv] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  xla, taps = recs["auto"], recs["taps"]
+  assert xla["lowered_for"] == "cuda" and xla["policy"]["conv"] == "xla" and not xla["policy"]["fusion_guards"]
+  assert "median_s" not in xla  # nothing ran
+  assert xla["grouped"] > 0 and xla["distinct"] <= xla["convolutions"] and xla["optimization_barriers"] == 0
+  assert taps["policy"]["conv"] == "taps" and taps["grouped"] == 0 and taps["convolutions"] < xla["convolutions"]
+  with pytest.raises(SystemExit):
+    bench.main(["--mode", "max-batch", "--lower-for", "cuda"])

@@ -171,6 +171,15 @@ flags appended to scale them down (a tiny network, a few steps, small images):
     -> test_bench.py::test_bench_cli_prints_one_json_record_per_size (tiny network, 16,24 px)
   python -m sparse_restore.bench --model drsformer --model-kwargs '{"dim": 8, "use_mefc": false}' --size 32
     -> test_bench.py::test_bench_cli_prints_one_json_record_per_size
+  python -m sparse_restore.bench --model drsformer --size 256 --mode forward --reference-dir refs/
+    -> test_bench.py::test_reference_dir_times_the_authors_network_in_the_same_run (tiny network, 16 px,
+       stand-in reference files)
+  python -m sparse_restore.bench --model drsformer --size 128 --batch 4 --mode train --lower-for cuda
+    -> test_bench.py::test_lower_for_reports_convolution_counts_without_running (tiny network, forward),
+       test_lowering.py::test_lowers_for_accelerator_with_xla_grouped_convolutions_and_no_cpu_guards (train step)
+  python -m sparse_restore.bench --mode input-pipeline --manual-dir Rain200H/ --data-dir /tmp/tfds --batch 16
+      --size 128 --num-workers 0,2,4
+    -> test_bench.py::test_input_pipeline_mode_reports_images_per_second (the Rain200H sample, 64 px, 0 workers)
   python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output exports/rain200h
     -> test_convert.py::test_cli_drsformer_fixture_matches_reference
   python -m sparse_restore.convert --arch ast --input model_best.pth --output exports/ast --verify

@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--check", action="store_true", help="max-batch: run the found batch once and report peak RSS")
   p.add_argument("--system-malloc", action="store_true",
                  help="keep glibc's default allocator settings (default: reuse freed memory, see host_memory.py)")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also show the log lines of JAX and the other libraries (hidden by default)")
   return p
 
 
@@ -358,6 +360,8 @@ def _json_object(parser, flag: str, value: Optional[str]) -> Optional[Dict[str, 
 def main(argv=None) -> int:
   p = build_parser()
   args = p.parse_args(argv)
+  from sparse_restore import console
+  console.setup(verbose=args.verbose)  # before the first JAX call starts the backends
   try:
     sizes = [int(s) for s in str(args.size).split(",") if s]
   except ValueError:

@@ -345,6 +345,27 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+def padding_note(name: str, size: int, width: Optional[int], preset: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None) -> Optional[str]:
+  """A line saying that the network pads ``size x width`` inputs inside (AST: to multiples of its
+  ``pad_multiple``), so the timing is that of the padded size; None when nothing is padded."""
+  import math
+  arch, config = model_config(name, preset, model_kwargs)
+  try:
+    module = models.create(arch, **config)
+  except (TypeError, ValueError):
+    return None  # a bad --model-kwargs is reported by the measurement itself
+  m = int(getattr(module, "pad_multiple", 0) or 0)
+  if m <= 1:
+    return None
+  h, w = size, width or size
+  ph, pw = math.ceil(h / m) * m, math.ceil(w / m) * m
+  if (ph, pw) == (h, w):
+    return None
+  return (f"{arch} pads {h}x{w} inputs to {ph}x{pw} inside the network (multiple {m}): the times are those of "
+          f"{ph}x{pw}; us_per_pixel counts the {h}x{w} output pixels")
+
+
 def _json_object(parser, flag: str, value: Optional[str]) -> Optional[Dict[str, Any]]:
   if not value:
     return None
@@ -377,6 +398,9 @@ def main(argv=None) -> int:
   print(f"[bench] backend={jax.default_backend()} devices={jax.devices()} host_malloc="
         f"{'reuse' if host_memory.is_applied() else 'system'}", file=sys.stderr, flush=True)
   for size in sizes:
+    note = padding_note(args.model, size, args.width, args.preset, model_kwargs)
+    if note:
+      print(f"[bench] {note}", file=sys.stderr, flush=True)
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,
                       preset=args.preset, model_kwargs=model_kwargs, policy_overrides=policy_overrides)

@@ -69,3 +69,13 @@ def test_durations(seconds, text):
 
 def test_clock():
   assert console.clock(65) == "1:05" and console.clock(3725) == "1:02:05"
+
+
+def test_bench_states_the_size_ast_pads_to():
+  """bench --model ast --size 100 times a 128x128 forward pass (AST pads inside): it says so on stderr."""
+  from sparse_restore import bench
+  assert bench.padding_note("ast", 100, None) == (
+      "ast pads 100x100 inputs to 128x128 inside the network (multiple 128): the times are those of 128x128; "
+      "us_per_pixel counts the 100x100 output pixels")
+  assert bench.padding_note("ast", 256, 384) is None
+  assert bench.padding_note("drsformer", 100, None) is None  # no internal padding (a non-multiple is an error)

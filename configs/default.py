@@ -98,8 +98,10 @@ def get_config():
   config.compilation_cache_dir = ""
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.save_images = True             # write restored PNGs to <workdir>/eval/<step>/images/
-  config.eval.num_summary_images = 2         # input|output|target strips written to TensorBoard per evaluation
+  config.eval.save_images = True             # restored PNGs in <workdir>/eval/<step>/images/, side by side in compare/
+  config.eval.num_summary_images = 2         # degraded|restored|clean strips written to TensorBoard per evaluation
+  # Tiled evaluation: tile and overlap are rounded up to the network's size multiple (8 for DRSformer, 128 for
+  # the released AST models); the evaluation's first console line says what was asked and what is used.
   config.eval.tile = 0                       # 0 = full images (the published protocol); >0 = tiled inference
   config.eval.tile_overlap = 32              # overlap between tiles when `tile` > 0
   return config

@@ -499,7 +499,30 @@ def build_parser() -> argparse.ArgumentParser:
   data.add_argument("--num-workers", default="0,2,4", help="grain worker processes, comma separated (default 0,2,4)")
   data.add_argument("--prefetch", type=int, default=4, help="batches read ahead (training's default, 4)")
   data.add_argument("--warmup-batches", type=int, default=5, help="untimed batches first (default 5)")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also show the log lines of JAX and the other libraries (hidden by default)")
   return p
+
+
+def padding_note(name: str, size: int, width: Optional[int], preset: Optional[str] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None) -> Optional[str]:
+  """A line saying that the network pads ``size x width`` inputs inside (AST: to multiples of its
+  ``pad_multiple``), so the timing is that of the padded size; None when nothing is padded."""
+  import math
+  arch, config = model_config(name, preset, model_kwargs)
+  try:
+    module = models.create(arch, **config)
+  except (TypeError, ValueError):
+    return None  # a bad --model-kwargs is reported by the measurement itself
+  m = int(getattr(module, "pad_multiple", 0) or 0)
+  if m <= 1:
+    return None
+  h, w = size, width or size
+  ph, pw = math.ceil(h / m) * m, math.ceil(w / m) * m
+  if (ph, pw) == (h, w):
+    return None
+  return (f"{arch} pads {h}x{w} inputs to {ph}x{pw} inside the network (multiple {m}): the times are those of "
+          f"{ph}x{pw}; us_per_pixel counts the {h}x{w} output pixels")
 
 
 def _json_object(parser, flag: str, value: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -517,6 +540,8 @@ def _json_object(parser, flag: str, value: Optional[str]) -> Optional[Dict[str, 
 def main(argv=None) -> int:
   p = build_parser()
   args = p.parse_args(argv)
+  from sparse_restore import console
+  console.setup(verbose=args.verbose)  # before the first JAX call starts the backends
   try:
     sizes = [int(s) for s in str(args.size).split(",") if s]
   except ValueError:
@@ -556,6 +581,9 @@ def main(argv=None) -> int:
             flush=True)
     return 0
   for size in sizes:
+    note = padding_note(args.model, size, args.width, args.preset, model_kwargs)
+    if note:
+      print(f"[bench] {note}", file=sys.stderr, flush=True)
     if args.mode == "max-batch":
       rec = max_batch(args.model, size=size, memory_gb=args.memory_gb, remat=args.remat, dtype=args.dtype,
                       preset=args.preset, model_kwargs=model_kwargs, policy_overrides=policy_overrides)

@@ -117,12 +117,10 @@ def evaluate_pairs(pairs: Sequence[Dict[str, str]], protocol: str = "restormer",
     sizes.append(sr)
   if problems:
     raise EvaluationError("cannot score:\n  " + "\n  ".join(problems))
-  iterator = pairs
-  if progress:
-    from tqdm import tqdm
-    iterator = tqdm(pairs, desc="scoring", unit="img", file=sys.stderr, leave=False)
+  from sparse_restore import console
+  bar = console.Progress(len(pairs), desc="scoring", unit="images", enabled=progress, leave=False)
   records = []
-  for p, (h, w) in zip(iterator, sizes):
+  for p, (h, w) in zip(pairs, sizes):
     try:
       a = imageio.read_uint8_rgb(p["result"])
       b = imageio.read_uint8_rgb(p["target"])
@@ -136,6 +134,9 @@ def evaluate_pairs(pairs: Sequence[Dict[str, str]], protocol: str = "restormer",
     except ValueError as e:  # what the checks above should already have caught
       raise EvaluationError(f"cannot score {p['result']} against {p['target']}: {e}") from None
     records.append(dict(p, height=int(h), width=int(w), psnr=ps, ssim=ss))
+    bar.set_postfix(p["name"])
+    bar.update()
+  bar.close()
   return records
 
 
@@ -224,18 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
                       "over channels)")
   p.add_argument("--csv", help="also write per-image scores and the mean to this CSV file")
   p.add_argument("--json", help="also write per-image scores and the mean to this JSON file")
-  p.add_argument("--quiet", action="store_true", help="print only the mean line")
+  p.add_argument("--quiet", action="store_true", help="print only the mean line (no progress)")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also show other libraries' log lines (hidden by default)")
   return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  from sparse_restore import console
+  console.setup(verbose=args.verbose)
   try:
     pairs = pair_folders(args.results, args.targets)
     inputs = [p["result"] for p in pairs] + [p["target"] for p in pairs]
     _check_report_path(args.csv, inputs, "--csv")
     _check_report_path(args.json, inputs, "--json")
-    records = evaluate_pairs(pairs, args.protocol, args.channel, progress=sys.stderr.isatty())
+    if not args.quiet:
+      console.say(f"scoring {console.plural(len(pairs), 'pair')} ({args.protocol} protocol, channel "
+                  f"{args.channel}) ...")
+    records = evaluate_pairs(pairs, args.protocol, args.channel, progress=not args.quiet)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

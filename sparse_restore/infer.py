@@ -11,6 +11,9 @@ runs, and so is an output folder that cannot be created or written into (checked
 model is loaded). A file that cannot be read (or does not fit in memory) is reported by name and skipped.
 Restored files get the usual permissions (``0666 & ~umask``).
 
+Progress goes to stderr: a bar on a terminal, otherwise a plain line at least every ~10 s (a log file stays
+readable); other libraries' log lines are hidden unless ``-v``/``--verbose`` is given.
+
 Without ``--tile`` the whole image goes through the network at once (the published protocol). The memory the
 compiled network needs is checked against the free memory first; if it does not fit (or the run reports
 out-of-memory) the image fails with a message suggesting ``--tile 512``.
@@ -36,10 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--input", required=True, help="an image file or a folder of images")
   p.add_argument("--output", required=True, help="folder for the restored PNGs (created)")
   p.add_argument("--tile", type=int, default=None,
-                 help="restore in tiles of this size (rounded up to the network's size multiple) to bound "
-                      "memory; default: whole images")
+                 help="restore in square tiles of this size to bound memory; rounded up to the network's size "
+                      "multiple (8 for DRSformer, 128 for the released AST models) and shrunk to the image where "
+                      "that is smaller; default: whole images")
   p.add_argument("--tile-overlap", type=int, default=32,
-                 help="overlap of neighbouring tiles in pixels, blended smoothly (default 32)")
+                 help="overlap of neighbouring tiles in pixels, blended smoothly (default 32); also rounded up to "
+                      "the network's size multiple, so every tile starts on its down-sampling grid (AST: 32 "
+                      "becomes 128). The line printed at the start says what was asked and what is used")
   p.add_argument("--ensemble", action="store_true",
                  help="8-way self-ensemble (flips and rotations, averaged); 8x slower")
   p.add_argument("--batch", type=int, default=4, help="tiles (or ensemble transforms) per network call (default 4)")
@@ -47,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="compute dtype (params stay float32; default float32)")
   p.add_argument("--no-memory-check", action="store_true",
                  help="skip the pre-run memory estimate (a too-large image may then be killed by the OS)")
-  p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
   p.add_argument("--compilation-cache", default="", metavar="DIR|none",
                  help="persistent compilation cache folder (default: ~/.cache/sparse_restore/jax; "
                       "$JAX_COMPILATION_CACHE_DIR wins when set)")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="also show the log lines of JAX, Orbax and the other libraries (hidden by default)")
   return p
 
 
@@ -83,6 +91,8 @@ def output_paths(inputs: Sequence[str], output_dir: str) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
+  from sparse_restore import console
+  console.setup(verbose=args.verbose)  # before JAX starts
   if args.tile is not None and args.tile <= 0:
     return _usage_error(f"--tile must be positive, got {args.tile}")
   if args.tile_overlap < 0:
@@ -136,32 +146,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:
       return give_up(str(e))
 
-  mode = (f"tiles {restore.round_up(args.tile, multiple)} overlap "
-          f"{restore.round_up(args.tile_overlap, multiple)} batch {args.batch}" if args.tile else "whole images")
+  mode = (f"tiles {console.tiling(args.tile, args.tile_overlap, multiple)} batch {args.batch}" if args.tile
+          else "whole images")
   print(f"model {info['arch']} from {args.checkpoint}{' step ' + str(info['step']) if 'step' in info else ''}; "
         f"{len(inputs)} image(s); {mode}{'; 8x ensemble' if args.ensemble else ''}; {args.dtype} on "
-        f"{jax.devices()[0].platform}", file=sys.stderr)
+        f"{jax.devices()[0].platform} (the first image of each size compiles the network)", file=sys.stderr)
 
-  from tqdm import tqdm
   show = not args.quiet
   failures = []
   t0 = time.time()
-  bar = tqdm(total=len(inputs), unit="img", desc="restoring", file=sys.stderr, disable=not show)
+  bar = console.Progress(len(inputs), desc="restoring", unit="images", enabled=show)
   for src, dst in zip(inputs, outputs):
     name = os.path.basename(src)
-    bar.set_postfix_str(name)
+    bar.set_postfix(name)
     try:
       img = imageio.read_image(src)
     except imageio.ImageReadError as e:
       failures.append(str(e))  # The message starts with the file name.
-      bar.write(f"skipped: {failures[-1]}", file=sys.stderr)
+      bar.write(f"skipped: {failures[-1]}")
       bar.update(1)
       continue
     h, w = img.shape[:2]
     plan = restore.plan_tiles(h, w, multiple, args.tile, args.tile_overlap)
     inner = None
     if show and plan.count > 1:
-      inner = tqdm(total=plan.count, unit="tile", desc=name, file=sys.stderr, leave=False)
+      inner = console.Progress(plan.count, desc=f"{name} ({w}x{h})", unit="tiles", leave=False)
     try:
       out = restore.restore_image(apply_fn, img, multiple=multiple, tile=args.tile, overlap=args.tile_overlap,
                                   batch=args.batch, ensemble=args.ensemble,
@@ -170,14 +179,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       imageio.write_png(dst, out)
     except restore.InsufficientMemoryError as e:
       failures.append(f"{src}: {e}")
-      bar.write(f"failed: {failures[-1]}", file=sys.stderr)
+      bar.write(f"failed: {failures[-1]}")
     except imageio.ImageWriteError as e:
       failures.append(str(e))
-      bar.write(f"failed: {failures[-1]}", file=sys.stderr)
+      bar.write(f"failed: {failures[-1]}")
     except Exception as e:  # Anything else about this image: report it, keep going with the others.
       first = str(e).strip().splitlines()[0] if str(e).strip() else ""
       failures.append(f"{src}: {type(e).__name__}: {first}")
-      bar.write(f"failed: {failures[-1]}", file=sys.stderr)
+      bar.write(f"failed: {failures[-1]}")
     finally:
       if inner is not None:
         inner.close()

@@ -109,6 +109,12 @@ def _builder(data_config) -> datasets.RestorationBuilder:
   return builder
 
 
+def is_prepared(data_config) -> bool:
+  """Whether the array_record files of ``data_config.name`` already exist in ``data_config.data_dir``."""
+  return datasets.get_builder(_get(data_config, "name", ""), data_dir=_data_dir(data_config),
+                              manual_dir=_get(data_config, "manual_dir", "") or None).is_prepared()
+
+
 def prepare(data_config) -> datasets.RestorationBuilder:
   """Makes sure the array_record files of ``data_config.name`` exist in ``data_config.data_dir`` and returns the
   builder.

@@ -13,6 +13,9 @@ Modes:
             <workdir>/eval/<step>/.
 
 Config fields are overridden with ``--config.<field>=<value>``; the config is locked, so a misspelt field fails.
+The console is quiet by default: what the job does, a progress line every ~10 s and a closing summary (where the
+checkpoint, the side-by-side evaluation images and the TensorBoard logs are, and what to run next), plus any
+warning; ``--verbosity=0`` (or ``=1``) shows every library's log lines as well (``sparse_restore/console.py``).
 Compiled programs are kept in a persistent cache, ``<workdir>/compile_cache`` unless ``config.compilation_cache_dir``
 names another folder (or ``none``) or ``$JAX_COMPILATION_CACHE_DIR`` is set (``sparse_restore/compile_cache.py``), so
 a second run of the same configuration does not compile again (XLA:CPU needs minutes for a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of returning it to the OS
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from absl import app
 from absl import flags
@@ -62,9 +66,51 @@ def initialize_distributed():
   return True
 
 
+def _infer_command(workdir: str) -> str:
+  return f"python -m sparse_restore.infer --checkpoint {workdir} --input <images> --output <folder>"
+
+
+def summary_lines(config, workdir: str, result, *, seconds: float, trained_step=None) -> list:
+  """The closing lines of a job: the result, where its files are and the next command to try.
+
+  ``result`` is the last :class:`sparse_restore.model_eval.EvalResult` (None when nothing was evaluated) and
+  ``trained_step`` the final step of a training run (None in evaluate mode)."""
+  from sparse_restore import checkpoint, console
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  lines = []
+  if trained_step is not None:
+    lines.append(f"finished training at step {trained_step} in {console.duration(seconds)}; workdir {workdir}")
+  if result is not None:
+    lines.append(result.describe())
+  lines.append("where to look:")
+  rows = []
+  if trained_step is not None:
+    step_dir = os.path.join(workdir, checkpoint.CHECKPOINTS_DIR, str(trained_step))
+    rows.append(("checkpoint", step_dir if os.path.isdir(step_dir) else os.path.join(workdir, checkpoint.CHECKPOINTS_DIR)))
+  if result is not None:
+    if os.path.isdir(result.compare_dir):
+      rows.append(("side by side", f"{result.compare_dir}/  (degraded input | restored | clean target; the "
+                                   "restored PNGs alone are in images/)"))
+    rows.append(("scores", f"{os.path.join(result.out_dir, 'metrics.csv')}  (per image; means in metrics.json)"))
+  if trained_step is not None:
+    rows.append(("TensorBoard", f"tensorboard --logdir {workdir}  (losses, PSNR curves, side-by-side images)"))
+  width = max(len(name) for name, _ in rows) if rows else 0
+  lines.extend(f"  {name:<{width}}  {value}" for name, value in rows)
+  if trained_step is not None:
+    lines.append("next: restore your own images with this model:")
+    lines.append(f"  {_infer_command(workdir)}")
+    if config.data.name == "synthetic_rain":
+      lines.append("  (this demo model learned only the synthetic rain streaks of its training data; for real photos "
+                   "convert the authors' released weights: README \"Converting the authors' checkpoints\")")
+  return lines
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from sparse_restore import console
+  console.setup(verbose=console.absl_verbosity_requested())  # before JAX and the other libraries start
+  t_start = time.monotonic()
   from sparse_restore import host_memory
   host_memory.keep_freed_memory()  # before JAX starts its threads; SPARSE_RESTORE_SYSTEM_MALLOC=1 opts out
   distributed = initialize_distributed()
@@ -76,21 +122,24 @@ def main(argv):
 
   logging.info("JAX %s, process %d/%d%s, devices: %s", jax.__version__, jax.process_index(), jax.process_count(),
                " (distributed)" if distributed else "", jax.devices())
+  if jax.process_index() == 0:
+    console.say(f"{'training' if FLAGS.mode == 'train' else 'evaluating'} in {os.path.abspath(FLAGS.workdir)}"
+                + ("" if console.verbose() else " (main steps only; --verbosity=0 also shows every library's log "
+                   "lines)"))
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":
       result = train.train_and_evaluate(config, FLAGS.workdir)
       if jax.process_index() == 0:
-        print(f"finished training at step {int(sharding.to_host(result.state.step))}; workdir {FLAGS.workdir}")
-        if result.eval is not None:
-          print(result.eval.describe())
-          print(f"results: {result.eval.out_dir}")
+        lines = summary_lines(config, FLAGS.workdir, result.eval, seconds=time.monotonic() - t_start,
+                              trained_step=int(sharding.to_host(result.state.step)))
+        print("\n".join(lines), flush=True)
     else:
       result = model_eval.evaluate_checkpoint(config, FLAGS.workdir, checkpoint_path=FLAGS.checkpoint,
                                               step=FLAGS.step)
       if result is not None:
-        print(result.describe())
-        print(f"results: {result.out_dir}")
+        print("\n".join(summary_lines(config, FLAGS.workdir, result, seconds=time.monotonic() - t_start)),
+              flush=True)
   except (train.NonFiniteLossError, checkpoint.ModelMismatchError, checkpoint.CheckpointError,
           datasets.DatasetError, ValueError) as e:
     # Expected failures (bad config values, data, checkpoints, divergence): one clear line each, no traceback.

@@ -9,8 +9,9 @@ the protocol and channel of the dataset definition (``sparse_restore.datasets.ge
 Rain200L/H and SPA, 'rcdnet' Y for DID/DDN, ...) using the NumPy reference of :mod:`sparse_restore.metrics`.
 The rainy input is scored the same way, as a baseline.
 
-Output in ``out_dir``: ``images/<name>.png`` (restored), ``metrics.csv`` (one row per image) and ``metrics.json``
-(means, protocol, per-image values).
+Output in ``out_dir``: ``images/<name>.png`` (restored, what the scoring protocol reads), ``compare/<name>.png``
+(degraded input | restored | clean target side by side, to look at), ``metrics.csv`` (one row per image) and
+``metrics.json`` (means, protocol, per-image values).
 """
 from __future__ import annotations
 
@@ -28,13 +29,33 @@ from absl import logging
 from sparse_restore import metrics
 
 
+SEPARATOR_PX = 4  # white columns between the panels of a comparison strip
+
+
+def comparison_strip(degraded: np.ndarray, restored: np.ndarray, clean: np.ndarray,
+                     separator: int = SEPARATOR_PX) -> np.ndarray:
+  """``degraded | restored | clean`` side by side as one uint8 HxWx3 image, with ``separator`` white columns
+  between them (float inputs are taken as [0, 1], rounded like a saved PNG)."""
+  from sparse_restore import imageio
+  panels = [imageio.to_uint8(np.asarray(p)) for p in (degraded, restored, clean)]
+  h = panels[0].shape[0]
+  gap = np.full((h, separator, panels[0].shape[2]), 255, np.uint8)
+  return np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+
+
 @dataclasses.dataclass
 class EvalResult:
-  """Per-image records, their means (``summary``) and a few input|output|target strips for TensorBoard."""
+  """Per-image records, their means (``summary``) and a few degraded|restored|clean strips (uint8, the same as
+  ``compare/``) for TensorBoard."""
   summary: Dict[str, Any]
   records: List[Dict[str, Any]]
   samples: Dict[str, np.ndarray]
   out_dir: str
+
+  @property
+  def compare_dir(self) -> str:
+    """Folder of the side-by-side images (written when images are saved)."""
+    return os.path.join(self.out_dir, "compare")
 
   def describe(self) -> str:
     """One line: mean PSNR/SSIM of the restored and of the degraded images."""
@@ -65,29 +86,39 @@ def evaluate(module, params, data_config, out_dir: str, *, split: Optional[str] 
     out_dir: where ``images/``, ``metrics.csv`` and ``metrics.json`` go (created).
     split: split to evaluate (default ``data_config.eval_split``).
     max_images: only the first N images (None: all).
-    save_images: write the restored PNGs.
-    tile, tile_overlap: 0 = whole images (the published protocol); otherwise tiled inference.
-    num_samples: how many input|output|target strips to return for TensorBoard.
+    save_images: write the restored PNGs (``images/``) and the side-by-side comparisons (``compare/``).
+    tile, tile_overlap: 0 = whole images (the published protocol); otherwise tiled inference (both are rounded
+      up to the network's size multiple; the console line says so).
+    num_samples: how many degraded|restored|clean strips to return for TensorBoard.
     step, source: recorded in ``metrics.json``.
     apply_fn: a ready :func:`sparse_restore.restore.make_apply_fn` of ``module`` and ``params`` to reuse (its
       compiled executables) across evaluations; built here when None.
   """
-  from sparse_restore import imageio, input_pipeline, restore
+  from sparse_restore import console, imageio, input_pipeline, restore
 
   split = split or data_config.get("eval_split", "test")
   proto = protocol_of(data_config)
   protocol, channel = proto["protocol"], proto["channel"]
   os.makedirs(out_dir, exist_ok=True)
   image_dir = os.path.join(out_dir, "images")
+  compare_dir = os.path.join(out_dir, "compare")
   if save_images:
     os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(compare_dir, exist_ok=True)
   if apply_fn is None:
     apply_fn = restore.make_apply_fn(module, params)  # float32, one executable per image shape
   multiple = restore.model_multiple(module)
 
   records, samples = [], {}
   t0 = time.time()
-  for example in input_pipeline.eval_dataset(data_config, split=split, max_images=max_images):
+  examples = input_pipeline.eval_dataset(data_config, split=split, max_images=max_images)
+  how = "whole images"
+  if tile:
+    how = "tiles " + console.tiling(tile, tile_overlap, multiple)
+  console.say(f"evaluating {console.plural(len(examples), 'image')} of {data_config.name}/{split} ({how}; "
+              "the first image of each size compiles the network) ...")
+  progress = console.Progress(len(examples), desc="evaluating", unit="images", leave=False)
+  for example in examples:
     name = str(example["name"])
     inp = np.asarray(example["input"], np.float32)
     target8 = imageio.to_uint8(example["target"])
@@ -98,12 +129,16 @@ def evaluate(module, params, data_config, out_dir: str, *, split: Optional[str] 
     in_psnr, in_ssim = metrics.psnr_ssim(imageio.to_uint8(inp), target8, protocol, channel)
     records.append({"name": name, "psnr": psnr, "ssim": ssim, "input_psnr": in_psnr, "input_ssim": in_ssim,
                     "height": int(inp.shape[0]), "width": int(inp.shape[1])})
+    strip = None
     if save_images:
       imageio.write_png(os.path.join(image_dir, _safe_name(name) + ".png"), out8)
+      strip = comparison_strip(inp, out8, target8)
+      imageio.write_png(os.path.join(compare_dir, _safe_name(name) + ".png"), strip)
     if len(samples) < num_samples:
-      strip = np.concatenate([np.clip(inp, 0, 1), out8.astype(np.float32) / 255.0, target8.astype(np.float32) / 255.0],
-                             axis=1)
-      samples[f"{len(samples)}_{_safe_name(name)}"] = strip
+      samples[f"{len(samples)}_{_safe_name(name)}"] = (strip if strip is not None
+                                                      else comparison_strip(inp, out8, target8))
+    progress.update()
+  progress.close()
   if not records:
     raise ValueError(f"{data_config.name}/{split}: the eval split has no images")
 
@@ -118,7 +153,26 @@ def evaluate(module, params, data_config, out_dir: str, *, split: Optional[str] 
   _write_results(out_dir, summary, records)
   result = EvalResult(summary=summary, records=records, samples=samples, out_dir=out_dir)
   logging.info("Evaluation -> %s: %s", out_dir, result.describe())
+  console.say(f"evaluated {console.plural(len(records), 'image')} in {console.duration(time.time() - t0)}")
   return result
+
+
+def prepare_data(data_config) -> None:
+  """Builds the dataset of ``data_config`` if needed (process 0 first, see
+  :func:`sparse_restore.input_pipeline.prepare_on_all_processes`), saying so on the console: the first run of the
+  demo generates its data, a real dataset is converted from its folders once."""
+  import jax
+  from sparse_restore import console, input_pipeline
+  built = input_pipeline.is_prepared(data_config)
+  main_process = jax.process_index() == 0
+  if not built and main_process:
+    console.say(f"building the {data_config.name} dataset in {data_config.data_dir} (first run only; later runs "
+                "reuse it) ...")
+  t0 = time.time()
+  with console.library_output():
+    input_pipeline.prepare_on_all_processes(data_config)
+  if not built and main_process:
+    console.say(f"built in {console.duration(time.time() - t0)}")
 
 
 def evaluate_checkpoint(config, workdir: str, *, checkpoint_path: Optional[str] = None,
@@ -147,7 +201,7 @@ def evaluate_checkpoint(config, workdir: str, *, checkpoint_path: Optional[str] 
   module, params, info = checkpoint.load_model(source, step=step)
   tag = str(info["step"]) if "step" in info else "pretrained"
   data_config = input_pipeline.resolve_data_config(config.data, workdir)
-  input_pipeline.prepare_on_all_processes(data_config)
+  prepare_data(data_config)
   if jax.process_index() != 0:
     return None
   out_dir = os.path.join(workdir, "eval", tag)

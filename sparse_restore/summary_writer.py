@@ -18,7 +18,7 @@ import itertools
 import os
 import socket
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -145,22 +145,36 @@ class SummaryWriter:
 
 
 class ReportProgress:
-  """Every ``every_steps`` steps: steps/s to the log (with progress, ETA and the share of time spent in the
-  ``timed`` parts of the loop) and ``steps_per_sec`` to the writer."""
+  """Training progress: a plain console line at least every ``interval_s`` seconds (step/total, mean loss since
+  the previous line, steps/s, ETA, elapsed; one line per report, no carriage returns, so a log file reads well),
+  and every ``every_steps`` steps ``steps_per_sec`` to the writer and a log line with the share of time spent in
+  the ``timed`` parts of the loop (data, checkpoint, eval).
 
-  def __init__(self, num_train_steps: int, writer: Optional[SummaryWriter] = None, every_steps: int = 100):
+  Called with the number of finished steps after every step (and the training losses seen so far, oldest first);
+  the first call (after the train step compiled and ran once) starts the clocks.
+  """
+
+  def __init__(self, num_train_steps: int, writer: Optional[SummaryWriter] = None, every_steps: int = 100,
+               interval_s: float = 10.0, console: bool = True):
     self._total = num_train_steps
     self._writer = writer
     self._every = max(1, int(every_steps))
+    self._interval = float(interval_s)
+    self._console = console
     self._t0 = time.monotonic()
-    self._last = None  # (step, time) of the previous report, or of the first call
+    self._last = None       # (step, time) of the previous writer report, or of the first call
+    self._start = None      # (step, time) of the first call
+    self._last_line = None  # (time, number of losses seen) at the previous console line
     self._time_per_part: Dict[str, float] = collections.defaultdict(float)
 
-  def __call__(self, step: int):
+  def __call__(self, step: int, losses: Optional[Sequence[float]] = None):
     now = time.monotonic()
     if self._last is None:  # The first call (after compiling) starts the clock.
-      self._last = (step, now)
+      self._last = self._start = (step, now)
+      self._last_line = (now, len(losses) if losses is not None else 0)
       return
+    if self._console and (now - self._last_line[0] >= self._interval or step == self._total):
+      self._print_line(step, now, losses)
     if step % self._every and step != self._total:
       return
     steps_per_sec = (step - self._last[0]) / max(now - self._last[1], 1e-9)
@@ -174,6 +188,27 @@ class ReportProgress:
     logging.info("%s", message)
     if self._writer is not None:
       self._writer.write_scalars(step, {"steps_per_sec": steps_per_sec})
+
+  def line(self, step: int, now: float, losses: Optional[Sequence[float]] = None) -> str:
+    """``step 120/500 (24%), loss 0.0412, 2.31 steps/s, ETA 2:45, elapsed 1:12``: the rate and ETA average
+    over every step since the clock started (evaluations and checkpoints included)."""
+    from sparse_restore import console
+    first_step, first_time = self._start
+    rate = (step - first_step) / max(now - first_time, 1e-9)
+    parts = [f"step {step}/{self._total} ({100 * step / max(self._total, 1):.0f}%)"]
+    if losses:
+      recent = list(losses[self._last_line[1]:]) or [losses[-1]]
+      parts.append(f"loss {float(np.mean(recent)):.4f}")
+    parts.append(f"{rate:.3g} steps/s")
+    if step < self._total and rate > 0:
+      parts.append(f"ETA {console.clock((self._total - step) / rate)}")
+    parts.append(f"elapsed {console.clock(now - first_time)}")
+    return ", ".join(parts)
+
+  def _print_line(self, step: int, now: float, losses):
+    from sparse_restore import console
+    console.say(self.line(step, now, losses))
+    self._last_line = (now, len(losses) if losses is not None else 0)
 
   @contextlib.contextmanager
   def timed(self, name: str, wait_jax_async_dispatch: bool = True):

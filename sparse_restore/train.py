@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.struct
@@ -150,8 +151,14 @@ def compile_on_all_processes(step_fn, args, name: str):
   finishes compiling more than 30 s after another, which a loaded machine easily causes.
   """
   compiled = step_fn.lower(*args).compile()
-  sharding.wait_for_all_processes(name)
+  if jax.process_count() > 1:
+    sharding.wait_for_all_processes(name)
   return compiled
+
+
+def count_params(tree) -> int:
+  """Number of scalars in a (possibly abstract) parameter tree."""
+  return int(sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 
@@ -223,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   Raises :class:`NonFiniteLossError` if the loss diverges and :class:`sparse_restore.checkpoint.ModelMismatchError`
   if the workdir belongs to another network.
   """
-  from sparse_restore import input_pipeline, model_eval, summary_writer
+  from sparse_restore import console, input_pipeline, model_eval, summary_writer
 
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -283,8 +290,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
     checkpoint.write_model_json(workdir, arch, description, source="sparse_restore.train")
 
   data_config = input_pipeline.resolve_data_config(config.data, workdir)  # the one resolution of data_dir
-  input_pipeline.prepare_on_all_processes(data_config)
+  model_eval.prepare_data(data_config)
   writer = create_writer(workdir)
+  main_process = jax.process_index() == 0
+  say = console.say if main_process else (lambda message: None)
   logging.info("Process %d/%d, %d local / %d global devices; %d stage(s), %d steps; workdir %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(), mesh.devices.size,
                len(stages), total_steps, workdir)
@@ -295,29 +304,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
   start_stage = schedules.stage_at(stages, start)
   resume_in_stage = meta is not None and in_stage(start, meta)
   tx, schedule = create_optimizer(config, start_stage)
+  plan = [f"{s.num_steps} steps of batch {s.batch_size} on {s.patch_size}x{s.patch_size} patches" for s in stages]
+  say(f"model: {arch}, {count_params(abstract_at(0).params):,} parameters; "
+      + (plan[0] if len(plan) == 1 else f"{total_steps} steps in {len(plan)} stages: " + ", then ".join(plan))
+      + f"; {mesh.devices.size} {platform.upper()} device(s)")
   state = None
   if start >= total_steps:  # Nothing left to train: the workdir holds a finished run.
     logging.info("%s is already trained to step %d (of %d).", workdir, start, total_steps)
+    say(f"{workdir} is already trained to step {start} (of {total_steps}): nothing to train. Use a new --workdir "
+        "to train again, or --mode evaluate to evaluate it.")
     ckpts.close()
     writer.flush()
     return TrainResult(TrainState(step=step_array(start), params=restored["params"], opt_state=None))
   if latest is None:
+    t_init = time.monotonic()
     if config.get("init_from"):
+      say(f"initialising the parameters from {config.init_from} ...")
       params = checkpoint.load_init_params(config.init_from, arch, abstract_at(0).params, mesh)
       opt_state = jax.jit(tx.init, out_shardings=repl)(params)
       state = TrainState(step=step_array(0), params=params, opt_state=opt_state)
     else:
+      say("initialising the parameters ...")
       state = jax.jit(init_state_fn(tx), out_shardings=repl)(init_rng)
+    jax.block_until_ready(state)
+    say(f"initialised in {console.duration(time.monotonic() - t_init)}")
     if jax.process_index() == 0:
       writer.write_hparams(_flat_hparams(config))
 
   # ------------------------------------------------------------------------------------------- hooks
   report = summary_writer.ReportProgress(num_train_steps=total_steps, writer=writer,
                                          every_steps=config.log_every_steps)
-  hooks = [report]
+  hooks = []
   if config.get("profile", False):
     hooks.append(summary_writer.Profile(logdir=workdir, first_step=min(10, total_steps - 1), last_step=total_steps))
-  if jax.process_index() > 0:
+  if not main_process:
     hooks = []
 
   last_eval = None
@@ -366,9 +386,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
           save_images=config.eval.save_images, tile=config.eval.tile, tile_overlap=config.eval.tile_overlap,
           num_samples=config.eval.num_summary_images, step=step, apply_fn=eval_apply[0])
     writer.write_scalars(step, {f"eval/{k}": result.summary[k] for k in ("psnr", "ssim", "input_psnr", "input_ssim")})
-    if result.samples:
+    if result.samples:  # degraded | restored | clean, as in <out_dir>/compare/
       writer.write_images(step, {f"eval/{name}": strip[None] for name, strip in result.samples.items()})
     logging.info("%s", result.describe())
+    if step != total_steps:  # the last one is the job's result, which the caller reports
+      console.say(result.describe())
     return result
 
   # ------------------------------------------------------------------------------------------- loop
@@ -390,6 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         state = TrainState(step=step_array(start), params=restored["params"], opt_state=opt_state)
         logging.info("Resumed from %s/%d (stage %d%s).", ckpts.directory, start, stage.index,
                      "" if resume_in_stage else ", fresh optimizer and data stream")
+        say(f"resuming from the checkpoint of step {start} in {ckpts.directory}"
+            + ("" if resume_in_stage else f" (stage {stage.index}: fresh optimizer and data stream)"))
       step_fn = make_train_step(mesh, module=module, tx=tx, schedule=schedule, loss_fn=loss_fn,
                                 stage_start=stage.start)
       local_bs = sharding.local_batch_size(stage.batch_size, mesh)
@@ -401,9 +425,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
             local = next(data_iter)
           _check_batch(local, local_bs, stage.patch_size)
           batch = sharding.global_batch({"input": local["input"], "target": local["target"]}, mesh)
-          if jax.process_count() > 1 and step == first_step:
+          if step == first_step:  # compiled ahead of the first call, to say how long XLA takes
+            say(f"compiling the train step (batch {stage.batch_size}, {stage.patch_size}x{stage.patch_size} "
+                f"patches, {platform.upper()}) ...")
+            t_compile = time.monotonic()
             step_fn = compile_on_all_processes(step_fn, (state, batch, train_rng),
                                                f"sparse_restore:train_step_compiled:{stage.index}:{step}")
+            say(f"compiled in {console.duration(time.monotonic() - t_compile)}; training steps "
+                f"{step + 1}-{end} (a progress line every ~10 s)")
           state, metrics = step_fn(state, batch, train_rng)
         drain()  # Metrics of the previous step: it has finished by now, so this costs no pipelining.
         done = step + 1
@@ -413,6 +442,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         if done % config.log_every_steps == 0 or done == total_steps:
           drain()
           log_train(done)
+        if main_process:
+          report(done, history)
         if done % config.checkpoint_every_steps == 0 or done == stage.end or done == stop_at_step:
           drain()  # Never save a state whose loss was not checked.
           with report.timed("checkpoint"):
@@ -423,6 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
       drain()
       if stop_at_step is not None and end < stage.end:
         logging.info("Stopping at step %d as asked (stop_at_step); rerun with the same workdir to continue.", end)
+        say(f"stopped at step {end} as asked; rerun with the same workdir to continue")
         break
   finally:
     ckpts.close()

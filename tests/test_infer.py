@@ -194,3 +194,20 @@ def test_truncated_checkpoint_is_reported_as_damaged(tiny_model, tmp_path):
   assert r.returncode == 2
   _assert_one_error_line(r.stderr, f"error: {model}/params: parameter data is damaged or truncated (")
   assert "do not match" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_rounded_tile_and_overlap_are_stated(tiny_model, tmp_path):
+  """--tile / --tile-overlap are rounded up to the network's multiple (8 here): the start line says what was asked
+  and what is used, and --help says that they are rounded. Without a terminal, progress is plain lines."""
+  Image.fromarray(_rng(5).integers(0, 256, (30, 37, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "photo.png", "--output", tmp_path / "o",
+           "--tile", "20", "--tile-overlap", "5")
+  assert r.returncode == 0, r.stderr
+  assert ("tiles 24 (asked 20: rounded up to the network's multiple 8) overlap 8 (asked 5: rounded up to the "
+          "network's multiple 8)") in r.stderr
+  assert "\r" not in r.stderr and "restored 1/1 image(s)" in r.stderr
+  r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "photo.png", "--output", tmp_path / "o2",
+           "--tile", "24", "--tile-overlap", "8", "--quiet")
+  assert r.returncode == 0 and "tiles 24 overlap 8 batch 4" in r.stderr and "asked" not in r.stderr
+  help_text = " ".join(_cli("--help").stdout.split())
+  assert "rounded up to the network's size multiple" in help_text and "32 becomes 128" in help_text

@@ -6,6 +6,7 @@ Compiled programs are shared with the other tests through JAX's persistent compi
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -73,6 +74,12 @@ def test_train_mode(trained):
   workdir, p = trained
   assert "finished training at step 6" in p.stdout
   assert "restored PSNR" in p.stdout and "degraded input PSNR" in p.stdout
+  # The closing summary says where everything is and what to run next.
+  assert f"checkpoint    {workdir}/checkpoints/6" in p.stdout
+  assert f"side by side  {workdir}/eval/6/compare/" in p.stdout
+  assert f"tensorboard --logdir {workdir}" in p.stdout
+  assert f"python -m sparse_restore.infer --checkpoint {workdir} --input" in p.stdout
+  assert "learned only the synthetic rain" in p.stdout
   steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
   assert steps == [4, 6]  # max_checkpoints_to_keep=2 took effect
   info = json.loads((workdir / "model.json").read_text())
@@ -80,6 +87,96 @@ def test_train_mode(trained):
   doc = json.loads((workdir / "eval" / "6" / "metrics.json").read_text())
   assert doc["summary"]["count"] == 2 and doc["summary"]["step"] == 6
   assert len(list((workdir / "eval" / "6" / "images").glob("*.png"))) == 2
+
+
+# Lines other libraries print or log: Python log records in absl's format (Orbax, TFDS, grain and JAX through the
+# absl handler), TFDS's banner and progress bars, JAX's TPU probe. (XLA's C++ log lines, `file.cc:N]`, are not
+# Python records: TF_CPP_MIN_LOG_LEVEL decides; its slow-operation alarm, an ERROR, can appear on a loaded machine.)
+LIBRARY_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.-]+\.py:\d+\]|Downloading and preparing|"
+                          r"Generating splits|Unable to initialize backend|OpenCV is not installed|dataset_info\.json",
+                          re.M)
+
+
+def test_console_is_quiet_and_says_what_happens(trained):
+  """By default the job prints its own plain lines (what it is doing, progress with step/total, loss, steps/s),
+  and no line of the libraries it uses."""
+  _, p = trained
+  assert not LIBRARY_LINE.search(p.stderr), LIBRARY_LINE.search(p.stderr).group(0)
+  assert not LIBRARY_LINE.search(p.stdout)
+  err = p.stderr
+  for expected in ("compiling the train step (batch 8, 32x32 patches, CPU) ...", "compiled in ",
+                   "step 6/6 (100%), loss ", "evaluating 2 images of synthetic_rain/test", "initialising the parameters"):
+    assert expected in err, (expected, err)
+  assert err.index("compiling the train step") < err.index("step 6/6") < err.index("evaluating 2 images")
+  assert "\r" not in err
+
+
+def test_comparison_images(trained):
+  """eval/<step>/compare/<name>.png: rainy input | restored | clean target with white separators; the restored
+  panel is exactly the image the scores were computed on (images/<name>.png)."""
+  import numpy as np
+  from PIL import Image
+  from sparse_restore import model_eval
+  workdir, _ = trained
+  names = sorted(f.name for f in (workdir / "eval" / "6" / "images").glob("*.png"))
+  assert sorted(f.name for f in (workdir / "eval" / "6" / "compare").glob("*.png")) == names
+  restored = np.asarray(Image.open(workdir / "eval" / "6" / "images" / names[0]))
+  strip = np.asarray(Image.open(workdir / "eval" / "6" / "compare" / names[0]))
+  h, w, _ = restored.shape
+  gap = model_eval.SEPARATOR_PX
+  assert strip.shape == (h, 3 * w + 2 * gap, 3)
+  np.testing.assert_array_equal(strip[:, w + gap:2 * w + gap], restored)
+  assert (strip[:, w:w + gap] == 255).all() and (strip[:, 2 * w + gap:2 * w + 2 * gap] == 255).all()
+  assert not np.array_equal(strip[:, :w], strip[:, -w:])  # rainy input and clean target differ
+
+
+def _run_with_injected_warnings(args, env):
+  """main's CLI, with a WARNING through absl, a Python warning and an INFO line through absl emitted from inside
+  the job (as a library's or our own code's would be), plus a warning that is known to be harmless."""
+  code = (
+      "import sys, warnings\n"
+      "from absl import app, logging\n"
+      "from sparse_restore import main, train\n"
+      "original = train.train_and_evaluate\n"
+      "def wrapped(*a, **k):\n"
+      "  logging.warning('disk almost full: checkpoint may fail')\n"
+      "  warnings.warn('sparse_restore: this option is deprecated')\n"
+      "  logging.info('library detail that nobody needs')\n"
+      "  logging.warning('Variant folder /x/1.0.0 has no dataset_info.json')\n"
+      "  return original(*a, **k)\n"
+      "train.train_and_evaluate = wrapped\n"
+      "sys.argv = ['sparse_restore.main'] + sys.argv[1:]\n"
+      "app.run(main.main, flags_parser=main.parse_flags)\n")
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=1200)
+
+
+def test_warnings_still_show_and_verbosity_shows_everything(env, data_dir, tmp_path):
+  """Quiet mode keeps real warnings (absl WARNING, Python warnings) and drops INFO and the known harmless ones;
+  --verbosity=0 shows the libraries' INFO lines (Orbax's checkpointing, ...) again. The train step is `trained`'s
+  (same shapes and schedule), so it comes from the persistent compilation cache."""
+  args = ["--config", "configs/tiny.py"]
+  # This one builds its data in the workdir (TFDS's banner, progress bars and probes must stay hidden).
+  quiet = _run_with_injected_warnings(args + ["--workdir", str(tmp_path / "quiet")], env)
+  assert quiet.returncode == 0, quiet.stderr[-5000:]
+  assert "disk almost full: checkpoint may fail" in quiet.stderr
+  assert "sparse_restore: this option is deprecated" in quiet.stderr
+  assert "library detail that nobody needs" not in quiet.stderr and "dataset_info.json" not in quiet.stderr
+  assert not re.search(r"^I\d{4} ", quiet.stderr, re.M)
+  assert "building the synthetic_rain dataset in" in quiet.stderr and "built in " in quiet.stderr
+  for line in (quiet.stdout + quiet.stderr).splitlines():
+    if "disk almost full" in line:
+      continue  # the injected absl warning, in absl's format
+    assert not LIBRARY_LINE.search(line), line
+  assert "finished training at step 6" in quiet.stdout
+
+  args.append(f"--config.data.data_dir={data_dir}")
+
+  loud = run_main(args + ["--workdir", str(tmp_path / "loud"), "--verbosity=0"], env)
+  assert loud.returncode == 0, loud.stderr[-5000:]
+  info = re.findall(r"^I\d{4} .*$", loud.stderr, re.M)
+  assert any("checkpoint" in line.lower() for line in info), loud.stderr[-3000:]
+  assert "compiling the train step" in loud.stderr and "finished training at step 6" in loud.stdout
 
 
 def test_evaluate_mode_on_workdir_and_on_exported_model(trained, env, data_dir, tmp_path):

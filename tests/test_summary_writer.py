@@ -167,3 +167,27 @@ def test_writer_leaves_an_installed_tensorflow_unimported(tmp_path):
     pytest.skip("TensorFlow is not installed here: test_events_written_and_read_back_without_tensorflow covers it")
   _, out = _write_and_read(tmp_path, "allow")
   assert out["tf_imported_by_writer"] is False and out["scalars"]["train/loss"] == [[1, 0.5], [2, 0.25]]
+
+
+def test_report_progress_prints_plain_time_based_lines(capsys):
+  """The console line: step/total, the mean loss since the previous line, steps/s, ETA and elapsed time, one
+  plain line per report (interval 0 here: every step after the first, which starts the clock)."""
+  report = summary_writer.ReportProgress(num_train_steps=4, writer=None, every_steps=100, interval_s=0.0)
+  losses = []
+  for step, loss in zip(range(1, 5), (0.4, 0.3, 0.2, 0.1)):
+    losses.append(loss)
+    report(step, losses)
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 3 and "\r" not in "".join(lines)
+  assert lines[0].startswith("step 2/4 (50%), loss 0.3000, ") and "steps/s, ETA " in lines[0]
+  assert lines[1].startswith("step 3/4 (75%), loss 0.2000, ")
+  assert lines[2].startswith("step 4/4 (100%), loss 0.1000, ") and "ETA" not in lines[2] and "elapsed" in lines[2]
+
+
+def test_report_progress_waits_for_its_interval(capsys):
+  report = summary_writer.ReportProgress(num_train_steps=50, writer=None, every_steps=100, interval_s=3600)
+  for step in range(1, 51):
+    report(step, [0.5] * step)
+  lines = capsys.readouterr().err.splitlines()
+  # Only the last step is reported within the hour, with the mean of the losses since the clock started.
+  assert len(lines) == 1 and lines[0].startswith("step 50/50 (100%), loss 0.5000, "), lines

@@ -72,12 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "Independently, tensors may take at most 4x the file's size + 64 MiB, so a small or "
                       "compressed file cannot expand into a large allocation")
   p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+  p.add_argument("--verbose", "-v", action="store_true",
+                 help="also show the log lines of JAX, Orbax and the other libraries (hidden by default)")
   return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
   """Runs the converter; returns the exit status."""
   args = build_parser().parse_args(argv)  # exits with status 2 on usage errors
+  from sparse_restore import console  # pylint: disable=g-import-not-at-top
+  console.setup(verbose=args.verbose)  # before JAX and Orbax start
   from sparse_restore.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   from sparse_restore.convert.engine import convert_checkpoint  # pylint: disable=g-import-not-at-top
   from sparse_restore.convert.rules import ConversionError  # pylint: disable=g-import-not-at-top

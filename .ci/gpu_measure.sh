@@ -97,17 +97,17 @@ step() {
 }
 
 # One persistent compilation cache per conv policy, empty at the start (cold compile), shared by later steps.
-TAPS=("$PY" -m sparse_restore.bench --compilation-cache "$OUT/jax_cache_taps" --conv-impl taps)
-XLA=("$PY" -m sparse_restore.bench --compilation-cache "$OUT/jax_cache_xla" --conv-impl xla)
-rm -rf "$OUT/jax_cache_taps" "$OUT/jax_cache_xla"
+# CACHE_ROOT (default $OUT) outside $OUT lets a second call on the same machine reuse them (KEEP_CACHE=1).
+CACHE_ROOT="${CACHE_ROOT:-$OUT}"
+TAPS=("$PY" -m sparse_restore.bench --compilation-cache "$CACHE_ROOT/jax_cache_taps" --conv-impl taps)
+XLA=("$PY" -m sparse_restore.bench --compilation-cache "$CACHE_ROOT/jax_cache_xla" --conv-impl xla)
+[ "${KEEP_CACHE:-0}" = "1" ] || rm -rf "$CACHE_ROOT/jax_cache_taps" "$CACHE_ROOT/jax_cache_xla"
 # (a)+(b) DRSformer train step 4x128, float32: cold compile, then a second process with the cache (the cached
 # compile figure) that also times the reference in the same run. 'taps' first (the candidate), then 'xla'
 # (today's GPU default).
 step 1 200 "DRSformer train f32 taps: cold compile + timing" -- "${TAPS[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}"
 step 2 150 "DRSformer train f32 taps: cached compile + timing + reference" -- \
   "${TAPS[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}" "${REF[@]}"
-step 3 200 "DRSformer train f32 xla: cold compile + timing" -- "${XLA[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}"
-step 4 90 "DRSformer train f32 xla: cached compile + timing" -- "${XLA[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}"
 # (c) fixture parity on the GPU (<= 1e-5 at 'highest'; the default precision's error printed).
 if want 5; then
   step 5 150 "GPU fixture parity (pytest tests/test_gpu_parity.py)" -- bash -c \
@@ -120,14 +120,17 @@ step 7 150 "DRSformer forward f32 taps + reference" -- "${TAPS[@]}" "${DRS[@]}" 
 step 8 120 "DRSformer forward bf16 taps" -- "${TAPS[@]}" "${DRS[@]}" "${FWD[@]}" "${RUNS[@]}" --dtype bfloat16
 step 9 180 "AST_B train f32 taps + reference" -- "${TAPS[@]}" "${AST[@]}" "${TRAIN[@]}" "${RUNS[@]}" "${REF[@]}"
 step 10 120 "AST_B forward f32 taps + reference" -- "${TAPS[@]}" "${AST[@]}" "${FWD[@]}" "${RUNS[@]}" "${REF[@]}"
-step 11 180 "AST_B train f32 xla" -- "${XLA[@]}" "${AST[@]}" "${TRAIN[@]}" "${RUNS[@]}"
-step 12 150 "DRSformer forward f32 xla" -- "${XLA[@]}" "${DRS[@]}" "${FWD[@]}" "${RUNS[@]}"
-step 13 120 "AST_B forward f32 xla" -- "${XLA[@]}" "${AST[@]}" "${FWD[@]}" "${RUNS[@]}"
 # (d) images/s at batch 16 x 128x128, ours and the reference.
 step 14 200 "DRSformer train batch 16 taps + reference" -- \
   "${TAPS[@]}" "${DRS[@]}" "${B16[@]}" --runs 5 "${REF[@]}" --reference-runs 5
 step 15 200 "AST_B train batch 16 taps + reference" -- \
   "${TAPS[@]}" "${AST[@]}" "${B16[@]}" --runs 5 "${REF[@]}" --reference-runs 5
+step 11 180 "AST_B train f32 xla" -- "${XLA[@]}" "${AST[@]}" "${TRAIN[@]}" "${RUNS[@]}"
+step 12 150 "DRSformer forward f32 xla" -- "${XLA[@]}" "${DRS[@]}" "${FWD[@]}" "${RUNS[@]}"
+step 13 120 "AST_B forward f32 xla" -- "${XLA[@]}" "${AST[@]}" "${FWD[@]}" "${RUNS[@]}"
+# The 'xla' train step last: with cuDNN autotuning it did not compile within 176 s before.
+step 3 200 "DRSformer train f32 xla: cold compile + timing" -- "${XLA[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}"
+step 4 90 "DRSformer train f32 xla: cached compile + timing" -- "${XLA[@]}" "${DRS[@]}" "${TRAIN[@]}" "${RUNS[@]}"
 # Input pipeline on this host (Rain200H-sized synthetic PNG pairs), against the train step's images/s.
 if want 16; then
   "$PY" - "$OUT/pipeline_raw" <<'EOF' 2>>"$LOG"

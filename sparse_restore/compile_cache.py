@@ -57,16 +57,16 @@ def resolve(setting: Optional[str], default: str) -> Optional[str]:
 
 def enable(setting: Optional[str], *, default: str, announce: bool = True) -> Optional[str]:
   """Turns the persistent compilation cache on at the folder :func:`resolve` gives (created if needed) and
-  returns it, or None when it is off or the folder cannot be created (the run goes on without a cache). With
-  ``announce`` one line on stderr says where it is."""
+  returns it, or None when it is off or the folder cannot be created (the run goes on without a cache, and a line
+  on stderr says so). With ``announce`` one line on stderr says where it is (:func:`announcement`)."""
   import jax
   path = resolve(setting, default)
-  note = ""
   if path is not None:
     try:
       os.makedirs(path, exist_ok=True)
     except OSError as e:
-      note = f" (cannot create {path}: {e.strerror or e}; continuing without it)"
+      print(f"compilation cache: cannot create {path}: {e.strerror or e}; continuing without it", file=sys.stderr,
+            flush=True)
       path = None
   if path is None:
     jax.config.update("jax_compilation_cache_dir", None)
@@ -75,7 +75,11 @@ def enable(setting: Optional[str], *, default: str, announce: bool = True) -> Op
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_TIME_S)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor, no backend override
   if announce:
-    where = path if path is not None else "off"
-    source = f" (${ENV_VAR})" if path is not None and os.environ.get(ENV_VAR) else ""
-    print(f"compilation cache: {where}{source}{note}", file=sys.stderr, flush=True)
+    print(announcement(path), file=sys.stderr, flush=True)
   return path
+
+
+def announcement(path: Optional[str]) -> str:
+  """The line that says where compiled programs are kept (``path`` as :func:`enable` returned it)."""
+  source = f" (${ENV_VAR})" if path is not None and os.environ.get(ENV_VAR) else ""
+  return f"compilation cache: {path if path is not None else 'off'}{source}"

@@ -129,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return _usage_error(msg)
 
   from sparse_restore import compile_cache
-  compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir())
+  # On before anything compiles; said after the model loaded, so that a failed start stays one error line.
+  cache = compile_cache.enable(args.compilation_cache, default=compile_cache.user_cache_dir(), announce=False)
   import jax
   import jax.numpy as jnp
   from sparse_restore import checkpoint, restore
@@ -151,6 +152,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"model {info['arch']} from {args.checkpoint}{' step ' + str(info['step']) if 'step' in info else ''}; "
         f"{len(inputs)} image(s); {mode}{'; 8x ensemble' if args.ensemble else ''}; {args.dtype} on "
         f"{jax.devices()[0].platform} (the first image of each size compiles the network)", file=sys.stderr)
+  print(compile_cache.announcement(cache), file=sys.stderr)
 
   show = not args.quiet
   failures = []

@@ -1,5 +1,6 @@
 """The inference CLI end to end with a tiny exported DRSformer: formats, failures, tiling, refusing to overwrite."""
 import os
+import re
 import subprocess
 import sys
 
@@ -206,6 +207,7 @@ def test_rounded_tile_and_overlap_are_stated(tiny_model, tmp_path):
   assert ("tiles 24 (asked 20: rounded up to the network's multiple 8) overlap 8 (asked 5: rounded up to the "
           "network's multiple 8)") in r.stderr
   assert "\r" not in r.stderr and "restored 1/1 image(s)" in r.stderr
+  assert re.search(r"^compilation cache: \S", r.stderr, re.M), r.stderr
   r = _cli("--checkpoint", tiny_model, "--input", tmp_path / "photo.png", "--output", tmp_path / "o2",
            "--tile", "24", "--tile-overlap", "8", "--quiet")
   assert r.returncode == 0 and "tiles 24 overlap 8 batch 4" in r.stderr and "asked" not in r.stderr

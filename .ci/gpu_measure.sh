@@ -9,7 +9,9 @@
 # checkout (PYTHONPATH=.). REFS (default refs/ in the checkout) holds the authors' two model files as
 # bench --reference-dir expects: drs_ref.py = DRSformer's basicsr/models/archs/DRSformer_arch.py, ast_ref.py =
 # AST's model.py. They are never committed: list refs/ in .git/info/exclude and pass it to the device tool with
-# carry=["refs"].
+# carry=["refs"]. Packages the device image lacks (ml_collections, needed by the bench's train mode; grain and
+# tensorflow_datasets for step 16) travel as wheels in $REFS/whl (`pip download --no-deps --only-binary=:all:
+# --python-version 3.12 ... -d refs/whl ml-collections`) and are installed into a temporary folder first.
 #
 # Environment: OUT (results folder, default /tmp/gpu_measure), BUDGET_S (whole-script deadline, default 540 s),
 # STEPS (comma-separated step numbers to run, default all), GPU_MEASURE_TINY=1 (tiny networks and sizes; budget
@@ -35,6 +37,10 @@ PY="${PYTHON:-python}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 LOG="$OUT/log.txt"
+if compgen -G "$REFS/whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$OUT/../site-gpu-measure" \
+    "$REFS"/whl/*.whl && export PYTHONPATH="$OUT/../site-gpu-measure${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1

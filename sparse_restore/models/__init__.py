@@ -1,7 +1,7 @@
 """Model registry: configs pick a network by name.
 
     model = models.create("drsformer", dim=48, use_mefc=True,
-                          policy=models.policy.for_platform(jax.default_backend()))  # default: the accelerators' policy
+                          policy=models.policy.for_platform(jax.default_backend()))  # default: GPU/TPU's
     params = models.init_params(model, jax.random.key(0))     # or models.abstract_params(model): shapes only
     out = model.apply({"params": params}, images, train=False)
 

@@ -16,9 +16,11 @@ Config fields are overridden with ``--config.<field>=<value>``; the config is lo
 The console is quiet by default: what the job does, a progress line every ~10 s and a closing summary (where the
 checkpoint, the side-by-side evaluation images and the TensorBoard logs are, and what to run next), plus any
 warning; ``--verbosity=0`` (or ``=1``) shows every library's log lines as well (``sparse_restore/console.py``).
-Compiled programs are kept in a persistent cache, ``<workdir>/compile_cache`` unless ``config.compilation_cache_dir``
-names another folder (or ``none``) or ``$JAX_COMPILATION_CACHE_DIR`` is set (``sparse_restore/compile_cache.py``), so
-a second run of the same configuration does not compile again (XLA:CPU needs minutes for a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of returning it to the OS
+Compiled programs are kept in a persistent cache, ``<workdir>/compile_cache`` unless
+``config.compilation_cache_dir`` names another folder (or ``none``) or ``$JAX_COMPILATION_CACHE_DIR`` is set
+(``sparse_restore/compile_cache.py``), so a second run of the same configuration does not compile again (XLA:CPU
+needs minutes for a DRSformer train step). On Linux the job keeps memory freed by XLA for reuse instead of
+returning it to the OS
 (``sparse_restore/host_memory.py``; ~30% faster CPU train steps); ``SPARSE_RESTORE_SYSTEM_MALLOC=1`` turns it off.
 
 Several hosts: start one process per host with ``--multihost``; ``jax.distributed.initialize()`` then takes the

@@ -241,3 +241,10 @@ class Profile:
     elif self._running and step >= self._stop:
       jax.profiler.stop_trace()
       self._running = False
+
+  def close(self):
+    """Ends a trace still running (a run stopped or failed inside the profiled steps), so that it is written."""
+    if self._running:
+      import jax
+      jax.profiler.stop_trace()
+      self._running = False

@@ -457,6 +457,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, mesh=
         say(f"stopped at step {end} as asked; rerun with the same workdir to continue")
         break
   finally:
+    for hook in hooks:
+      if hasattr(hook, "close"):
+        hook.close()
     ckpts.close()
     writer.flush()
   return TrainResult(state=state, losses=history, first_step=start, eval=last_eval)

@@ -149,6 +149,23 @@ def test_profile_traces_the_chosen_steps(tmp_path, monkeypatch):
   assert steps == [(1, 0), (2, 0), (3, 1), (4, 1), (5, 1), (6, 2)]
 
 
+def test_profile_stopped_early_still_ends_its_trace(tmp_path, monkeypatch):
+  """A run that stops (or fails) inside the profiled steps: close() ends the trace, so that it is written; a
+  second close() and a close() without a trace do nothing."""
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.profiler, "start_trace", lambda logdir: calls.append("start"))
+  monkeypatch.setattr(jax.profiler, "stop_trace", lambda: calls.append("stop"))
+  hook = summary_writer.Profile(str(tmp_path), first_step=1, last_step=100, num_steps=5)
+  hook(1)
+  hook(2)
+  hook.close()
+  hook.close()
+  assert calls == ["start", "stop"]
+  summary_writer.Profile(str(tmp_path), first_step=10, last_step=100).close()
+  assert calls == ["start", "stop"]
+
+
 def test_profile_writes_a_jax_trace(tmp_path):
   """The real profiler writes its trace under <logdir>/plugins/profile (what TensorBoard's profile tab reads)."""
   import jax.numpy as jnp

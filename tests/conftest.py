@@ -42,3 +42,25 @@ def fixtures_dir(shared_dir):
 @pytest.fixture(scope="session")
 def data_dir(shared_dir):
   return shared_dir / "data"
+
+
+@pytest.fixture(autouse=True)
+def _restore_console_and_logging():
+  """Command-line tools run in-process by a test (bench, convert, ...) call console.setup(), which raises the root
+  logger's level and filters its handlers: undo that after each test, so later tests' caplog still sees INFO."""
+  import logging
+  from sparse_restore import console
+  root = logging.getLogger()
+  level, handlers = root.level, list(root.handlers)
+  filters = {h: list(h.filters) for h in handlers}
+  state = dict(console._state)  # pylint: disable=protected-access
+  yield
+  root.setLevel(level)
+  for h in list(root.handlers):
+    if h not in handlers:
+      root.removeHandler(h)
+  for h, fs in filters.items():
+    if h not in root.handlers:
+      root.addHandler(h)
+    h.filters[:] = fs
+  console._state.update(state)  # pylint: disable=protected-access

@@ -151,6 +151,7 @@ def _run_with_injected_warnings(args, env):
                         timeout=1200)
 
 
+@pytest.mark.slow  # Two more training jobs (~45 s); test_console_is_quiet_and_says_what_happens runs by default.
 def test_warnings_still_show_and_verbosity_shows_everything(env, data_dir, tmp_path):
   """Quiet mode keeps real warnings (absl WARNING, Python warnings) and drops INFO and the known harmless ones;
   --verbosity=0 shows the libraries' INFO lines (Orbax's checkpointing, ...) again. The train step is `trained`'s

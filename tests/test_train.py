@@ -212,7 +212,8 @@ def test_reference_run_writes_workdir(reference_run):
   assert float(value(acc.Tensors("eval/psnr")[0])) == pytest.approx(doc["summary"]["psnr"], rel=1e-6)
   (strip,) = [t for t in acc.Tags()["tensors"] if t.startswith("eval/0_")]
   width, height = (int(v) for v in value(acc.Tensors(strip)[0])[:2])
-  assert width == 3 * height  # input | output | target
+  from sparse_restore import model_eval
+  assert width == 3 * height + 2 * model_eval.SEPARATOR_PX  # input | output | target, white separators
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 

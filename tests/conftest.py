@@ -1,5 +1,9 @@
-"""Shared test set-up: 4 simulated CPU devices and the location of ../shared (fixtures, sample data)."""
+"""Shared test set-up: 4 simulated CPU devices, one persistent compilation cache for the run, and the location
+of ../shared (fixtures, sample data)."""
 import os
+import shutil
+import sys
+import tempfile
 
 # Must happen before JAX is imported anywhere: tests of data parallelism need several devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -23,6 +27,29 @@ def _shared_dir():
 
 
 SHARED = _shared_dir()
+
+
+def pytest_configure(config):
+  """One persistent compilation cache (pytest's cache folder) for the tests and every program they start: the CLI
+  tests run the same small programs in many subprocesses, and the entry points would otherwise use the user's own
+  cache folder. Set before JAX is imported, which reads $JAX_COMPILATION_CACHE_DIR itself; a cache folder the caller
+  chose wins."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  cache = getattr(config, "cache", None)  # None with `-p no:cacheprovider`: a folder for this run only
+  if cache is not None:
+    path = str(cache.mkdir("jax_compilation_cache"))
+  else:
+    path = config._sparse_restore_temp_cache = tempfile.mkdtemp(prefix="jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  if "jax" in sys.modules:  # imported by a plugin first
+    sys.modules["jax"].config.update("jax_compilation_cache_dir", path)
+
+
+def pytest_unconfigure(config):
+  temp = getattr(config, "_sparse_restore_temp_cache", None)
+  if temp:
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

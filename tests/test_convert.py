@@ -2,12 +2,14 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from doc_commands import cli_args, doc_command, substitute
 from sparse_restore import checkpoint
 from sparse_restore import convert
 from sparse_restore.convert import __main__ as cli
@@ -79,15 +81,24 @@ def test_cli_drsformer_fixture_matches_reference(fixtures_dir, tmp_path, case):
   assert err <= TOL, f"{case}: relative error {err:.3g}"
 
 
-def test_cli_ast_fixture_matches_reference(fixtures_dir, tmp_path):
-  if importlib.util.find_spec("sparse_restore.convert.ast") is None:
-    pytest.skip("sparse_restore/convert/ast.py (AST conversion rules) is not written yet")
-  out = tmp_path / "ast_export"
-  r = _run_cli("--arch", "ast", "--input", fixtures_dir / "ast_tiny.pth", "--output", out)
-  assert r.returncode == 0, r.stderr
-  assert "dropped" in r.stdout  # the relative_position_index buffers
+def test_convert_ast_with_verify_matches_reference(fixtures_dir, tmp_path, capsys):
+  """README: `convert --arch ast --input AST_SPAD.pth --output models/ast_spad --verify` on the AST fixture:
+  every layer checked (against torch when installed), the model run, the export re-read; the
+  relative_position_index buffers are dropped and the export reproduces the PyTorch network's output."""
+  words = doc_command("python -m sparse_restore.convert --arch ast --input AST_SPAD.pth --output models/ast_spad "
+                      "--verify")
+  out = tmp_path / "models" / "ast_spad"
+  args = substitute(cli_args(words, "sparse_restore.convert"),
+                    {"AST_SPAD.pth": str(fixtures_dir / "ast_tiny.pth"), "models/ast_spad": str(out)})
+  assert cli.main(args) == 0, capsys.readouterr().err
+  text = capsys.readouterr().out
+  assert "FAILED" not in text and "verify: smoke: 1 checked, 1 passed: ok" in text, text
+  assert "export re-read" in text
+  assert "dropped" in text  # the relative_position_index buffers
+  if importlib.util.find_spec("torch") is not None:
+    assert re.search(r"verify: conv: \d+ checked", text), text
   y, ref, info = _model_output(out, fixtures_dir / "ast_tiny.npz")
-  assert info["arch"] == "ast"
+  assert info["arch"] == "ast" and info["config"]["embed_dim"] == 8
   err = _rel_err(y, ref)
   assert err <= TOL, f"ast_tiny: relative error {err:.3g}"
 

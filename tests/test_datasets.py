@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from doc_commands import COMMANDS, doc_command
 from sparse_restore import datasets, imageio, metrics
 from sparse_restore.datasets import synthetic_rain
 
@@ -426,3 +427,35 @@ def test_tfds_cli_build_subcommand_builds_the_data_folder(data_dir, tmp_path):
   assert src[1]["name"] == b"2" and np.array_equal(src[1]["target"], ref)
   # The package builder sees the same prepared data.
   assert datasets.get_builder("rain200h", data_dir=str(tmp_path)).is_prepared()
+
+
+def test_build_with_python_c(data_dir, tmp_path):
+  """data/README.md: the `python -c "...get_builder(...).build()"` command, run by a shell-like subprocess with
+  $HOME in the temporary folder: `~/tensorflow_datasets` is expanded (no folder named `~` appears)."""
+  words = [w for w in COMMANDS if w.tokens[:2] == ("python", "-c")]
+  assert len(words) == 1, [c.text for c in words]
+  code = words[0].tokens[2].replace("/path/to/Rain200H", str(data_dir / "rain200h_sample"))
+  work = tmp_path / "cwd"
+  work.mkdir()
+  r = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True, timeout=300,
+                     env=dict(os.environ, HOME=str(tmp_path)))
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert os.listdir(work) == []
+  built = datasets.get_builder("rain200h", data_dir=str(tmp_path / "tensorflow_datasets"))
+  assert built.is_prepared()
+  assert len(built.as_data_source("train")) == 3 and len(built.as_data_source("test")) == 3
+
+
+def test_tfds_build_synthetic_rain(tmp_path):
+  """data/README.md: `python data/tfds_build.py data/synthetic_rain --data_dir ~/tensorflow_datasets` (the TFDS
+  CLI's build command), from the repository root, `~` expanded as the shell would with $HOME = tmp_path."""
+  words = doc_command("python data/tfds_build.py data/synthetic_rain --data_dir ~/tensorflow_datasets")
+  args = [str(tmp_path) + w[1:] if w.startswith("~/") else w for w in words[1:]]
+  r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                     env=dict(os.environ, HOME=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  built = datasets.get_builder("synthetic_rain", data_dir=str(tmp_path / "tensorflow_datasets"))
+  assert built.is_prepared()
+  B = datasets.SyntheticRain
+  assert (len(built.as_data_source("train")), len(built.as_data_source("test"))) == (B.TRAIN_EXAMPLES,
+                                                                                     B.TEST_EXAMPLES)

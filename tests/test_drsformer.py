@@ -336,6 +336,7 @@ def test_detect_ffn_factor_reproduces_hidden_widths(factor):
 # Training switches.
 
 
+@pytest.mark.slow  # Compiles three DRSformer gradients (~45 s); the GPU/TPU path (scan) is not the CPU default.
 def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
   """``policy.scan_blocks`` (the GPU/TPU choice) rolls each level's STBs into one lax.scan over their stacked
   params: same param tree, same outputs and same gradients as the unrolled blocks; ``remat`` changes neither."""
@@ -364,6 +365,7 @@ def test_scanned_levels_equal_unrolled_blocks_with_and_without_remat():
   assert all(float(jnp.abs(g2[f"latent_{i}"]["attn"]["qkv"]["kernel"]).max()) > 0 for i in range(3))
 
 
+@pytest.mark.slow  # Op-by-op MEFC gradients, twice (~20 s); the GPU/TPU path (scan) is not the CPU default.
 def test_mefc_steps_scanned_equal_unrolled():
   """MEFC's 4 steps run as a ``lax.scan`` under ``policy.scan_blocks`` (GPU/TPU) and unrolled without it (CPU):
   same outputs and gradients, with the CPU kernels in both."""

@@ -3,6 +3,8 @@ import csv
 import json
 import math
 import os
+import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -11,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from doc_commands import cli_args, doc_command, substitute
 from sparse_restore import evaluate
 from sparse_restore import imageio
 from sparse_restore import metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd=None):
@@ -151,7 +156,8 @@ def test_images_too_small_for_ssim_name_the_files(tmp_path, protocol):
                            rng.integers(0, 256, (10, 40, 3), np.uint8))
   r = _run("--results", res, "--targets", tgt, "--protocol", protocol)
   assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-  assert r.stderr.startswith("error: cannot score:")
+  # The start line ("scoring 1 pair ...") may come first; the error block starts a line of its own.
+  assert r.stderr.startswith("error: cannot score:") or "\nerror: cannot score:" in r.stderr, r.stderr
   assert (f"too small: {res / 'a.png'} and {tgt / 'a.png'} is 10x40: SSIM needs at least 11x11 pixels"
           in r.stderr), r.stderr
   # 11x11 is enough.
@@ -190,3 +196,24 @@ def test_grayscale_against_colour_is_an_error_naming_both_files(tmp_path):
   assert record["psnr"] == math.inf and record["ssim"] == 1.0
   help_text = " ".join(evaluate.build_parser().format_help().split())
   assert "grayscale image paired with a colour one is an error" in help_text
+
+
+def test_cli_rcdnet_with_csv_matches_readme(data_dir, tmp_path, monkeypatch, capsys):
+  """README: `evaluate --protocol rcdnet --csv scores.csv`, and the README's number for Rain200H/1.png under
+  that protocol (39.331564 dB / 0.971420)."""
+  samples = data_dir / "derain_results_sample" / "Rain200H"
+  words = doc_command("python -m sparse_restore.evaluate --results out/ --targets DID/test/target --protocol rcdnet "
+                      "--csv scores.csv")
+  args = substitute(cli_args(words, "sparse_restore.evaluate"),
+                    {"out/": str(samples / "result"), "DID/test/target": str(samples / "target")})
+  monkeypatch.chdir(tmp_path)  # `scores.csv` is written where the command runs
+  assert evaluate.main(args) == 0
+  rows = (tmp_path / "scores.csv").read_text().splitlines()
+  assert rows[0].split(",")[0] == "name" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "mean"]
+  header = rows[0].split(",")
+  first = dict(zip(header, rows[1].split(",")))
+  readme = " ".join((REPO / "README.md").read_text().split())
+  m = re.search(r"Rain200H/1\.png gives [\d.]+ dB / [\d.]+ \(restormer\) and ([\d.]+) dB / ([\d.]+) \(rcdnet\)", readme)
+  assert m, "README.md no longer states the rcdnet score of Rain200H/1.png"
+  assert (first["psnr"], first["ssim"]) == m.groups()
+  assert "protocol rcdnet" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from doc_commands import COMMANDS, cli_args, substitute, variants
 from sparse_restore import checkpoint
 from sparse_restore import imageio
 from sparse_restore import models
@@ -213,3 +214,32 @@ def test_rounded_tile_and_overlap_are_stated(tiny_model, tmp_path):
   assert r.returncode == 0 and "tiles 24 overlap 8 batch 4" in r.stderr and "asked" not in r.stderr
   help_text = " ".join(_cli("--help").stdout.split())
   assert "rounded up to the network's size multiple" in help_text and "32 becomes 128" in help_text
+
+
+def test_infer_docstring_options(fixtures_dir, tmp_path, capsys):
+  """infer.py's usage line with every option put in (`--tile --tile-overlap --ensemble --batch --dtype bfloat16`),
+  scaled to a 40x56 photo and 32 px tiles, on a converted tiny DRSformer (no MEFC: half the compile time). That
+  the CLI computes what the library does is test_infer.py's job; here: the options are taken and it restores."""
+  import numpy as np
+  from PIL import Image
+  from sparse_restore import infer
+  from sparse_restore.convert import __main__ as convert_cli
+  words = [c for c in COMMANDS if c.source.startswith("sparse_restore/infer.py") and "[--ensemble]" in c.tokens]
+  assert len(words) == 1
+  full = variants(words[0].tokens)[-1]  # every optional part put in, the last `a|b` alternative
+  assert full[full.index("--dtype") + 1] == "bfloat16"
+  model = tmp_path / "exports" / "drsformer"
+  assert convert_cli.main(["--input", str(fixtures_dir / "drsformer_tiny_nomefc.pth"), "--output", str(model),
+                           "--quiet"]) == 0
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photos / "rainy.jpg")
+  args = substitute(cli_args(full, "sparse_restore.infer"), {
+      "exports/drsformer_rain200h": str(model), "photos/": str(photos), "restored/": str(tmp_path / "restored")})
+  args += ["--tile", "32", "--tile-overlap", "8", "--quiet"]
+  assert infer.main(args) == 0
+  err = capsys.readouterr().err
+  assert "tiles 32 overlap 8 batch 4; 8x ensemble; bfloat16" in err, err
+  out = Image.open(tmp_path / "restored" / "rainy.png")
+  assert out.format == "PNG" and out.mode == "RGB" and out.size == (56, 40)
+  assert os.listdir(photos) == ["rainy.jpg"]

@@ -121,6 +121,7 @@ def _random_params(model, x, seed=0):
   return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
+@pytest.mark.slow  # Two whole-network compilations (~25 s); the fixture parity tests run both policies by default.
 def test_full_tiny_model_shift_and_xla_agree():
   """Every conv kind of DRSformer (TKSA, MSFN, all MEFC experts) through both implementations."""
   cfg = dict(dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 2, 4, 8))

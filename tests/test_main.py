@@ -1,7 +1,7 @@
 """``python -m sparse_restore.main`` as a program: config overrides, train mode, evaluate mode, clear failures.
 
 Each test starts real subprocesses (4 simulated CPU devices, inherited from tests/conftest.py's XLA_FLAGS).
-Compiled programs are shared with the other tests through JAX's persistent compilation cache in .pytest_cache.
+Compiled programs are shared with the other tests through JAX's persistent compilation cache (tests/conftest.py).
 """
 import json
 import os
@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from doc_commands import cli_args, doc_command, substitute
 from sparse_restore import config_files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -22,12 +23,11 @@ def load_config(name: str):
 
 
 @pytest.fixture(scope="module")
-def env(request):
-  """Environment of the subprocesses: the persistent compilation cache, quiet TensorFlow."""
-  e = dict(os.environ)
-  e["JAX_COMPILATION_CACHE_DIR"] = str(request.config.cache.mkdir("jax_compilation_cache"))
-  e["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  return e
+def env():
+  """Environment of the subprocesses: the run's persistent compilation cache (set by tests/conftest.py), quiet
+  TensorFlow."""
+  assert os.environ.get("JAX_COMPILATION_CACHE_DIR"), "tests/conftest.py sets the compilation cache"
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +151,7 @@ def _run_with_injected_warnings(args, env):
                         timeout=1200)
 
 
+@pytest.mark.slow  # Two more training jobs (~45 s); test_console_is_quiet_and_says_what_happens runs by default.
 def test_warnings_still_show_and_verbosity_shows_everything(env, data_dir, tmp_path):
   """Quiet mode keeps real warnings (absl WARNING, Python warnings) and drops INFO and the known harmless ones;
   --verbosity=0 shows the libraries' INFO lines (Orbax's checkpointing, ...) again. The train step is `trained`'s
@@ -236,3 +237,109 @@ def test_invalid_values_fail_fast_naming_each_field(env, tmp_path):
     assert errors == expected, p.stderr[-3000:]
     assert not workdir.exists()  # neither the workdir nor its tfds/ dataset folder was created
     assert elapsed < 120, elapsed  # start-up and the checks only (a train-step compilation takes minutes here)
+
+
+@pytest.fixture(scope="module")
+def converted_drsformer(fixtures_dir, tmp_path_factory):
+  """README: `python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output models/drsformer_rain200h`
+  on the tiny MEFC fixture (in-process)."""
+  from sparse_restore.convert import __main__ as convert_cli
+  out = tmp_path_factory.mktemp("models") / "drsformer_rain200h"
+  words = doc_command("python -m sparse_restore.convert --input DRSformer_Rain200H.pth --output "
+                      "models/drsformer_rain200h")
+  args = substitute(cli_args(words, "sparse_restore.convert"), {
+      "DRSformer_Rain200H.pth": str(fixtures_dir / "drsformer_tiny_mefc.pth"), "models/drsformer_rain200h": str(out)})
+  assert convert_cli.main(args + ["--quiet"]) == 0
+  return out
+
+
+def test_main_evaluates_a_converted_model(converted_drsformer, shared_dir, env, tmp_path):
+  """README: `main --config configs/drsformer_rain200h.py --mode evaluate --checkpoint <converted>
+  --config.data.manual_dir=...` builds the dataset from the raw folders and scores the converted model on full
+  images (one image here); the saved PNG scores the same with `sparse_restore.evaluate`."""
+  from sparse_restore import evaluate
+  words = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                      "runs/eval_converted --mode evaluate --checkpoint models/drsformer_rain200h "
+                      "--config.data.manual_dir=/data/Rain200H")
+  workdir = tmp_path / "runs" / "eval_converted"
+  manual = shared_dir / "data" / "rain200h_sample"
+  args = substitute(words, {"runs/eval_converted": str(workdir), "models/drsformer_rain200h": str(converted_drsformer),
+                            "/data/Rain200H": str(manual)}) + ["--config.data.max_eval_images=1"]
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "rain200h/test (1 images, restormer protocol, Y): restored PSNR" in r.stdout, r.stdout
+  out = workdir / "eval" / "pretrained"
+  doc = json.loads((out / "metrics.json").read_text())
+  assert doc["summary"]["count"] == 1 and doc["summary"]["source"] == str(converted_drsformer)
+  (image,) = doc["images"]
+  assert (workdir / "tfds" / "rain200h" / "1.0.0").is_dir()  # data_dir '' -> <workdir>/tfds
+  (record,) = evaluate.evaluate_pairs([{"name": image["name"], "result": str(out / "images" / f"{image['name']}.png"),
+                                        "target": str(manual / "test" / "target" / f"{image['name']}.png")}],
+                                      "restormer", "y")
+  assert record["psnr"] == pytest.approx(image["psnr"], abs=1e-6)
+
+
+# Flags appended to the README's training commands: a tiny DRSformer, 32 px patches, 2 steps, one eval image.
+SCALE_DOWN_TRAINING = ["--config.model.dim=8", "--config.model.num_blocks=(1, 1, 1, 1)",
+                       "--config.model.use_mefc=False", "--config.model.ffn_type=dfn", "--config.data.patch_size=32",
+                       "--config.data.num_workers=0", "--config.num_train_steps=2", "--config.constant_steps=1",
+                       "--config.log_every_steps=1", "--config.checkpoint_every_steps=2",
+                       "--config.eval_every_steps=0", "--config.data.max_eval_images=1"]
+
+
+@pytest.mark.slow  # Compiles a DRSformer train step (bfloat16, rematerialised): ~1 min of CPU time, cached after.
+def test_training_commands_scaled_down(shared_dir, env, tmp_path, capsys):
+  """README Training, in order, on the Rain200H sample folders (3 train / 3 test pairs):
+  1. `main --config configs/drsformer_rain200h.py --workdir runs/rain200h --config.data.manual_dir=...` with the
+     next command's overrides (`--config.batch_size=8 --config.compute_dtype=bfloat16 --config.remat=True`),
+     scaled down (SCALE_DOWN_TRAINING): trains 2 steps from the raw folders;
+  2. `tensorboard --logdir runs/rain200h`: the event files there hold the train/loss scalars it would plot;
+  3. `main ... --workdir runs/rain200h --mode evaluate`: scores the newest checkpoint;
+  4. `infer --checkpoint /tmp/sparse_restore_demo --input photos/ --output out/ --ensemble`: restores with the
+     training workdir as the model."""
+  import numpy as np
+  from PIL import Image
+  from sparse_restore import infer
+  manual = str(shared_dir / "data" / "rain200h_sample")
+  workdir = tmp_path / "runs" / "rain200h"
+  paths = {"runs/rain200h": str(workdir), "/data/Rain200H": manual}
+  first = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir runs/rain200h "
+                      "--config.data.manual_dir=/data/Rain200H")
+  overrides = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                          "runs/rain200h --config.batch_size=8 --config.compute_dtype=bfloat16 --config.remat=True")
+  args = substitute(first + [w for w in overrides if w not in first], paths) + SCALE_DOWN_TRAINING
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+  assert r.returncode == 0, r.stderr[-4000:]
+  assert "finished training at step 2" in r.stdout, r.stdout
+  info = json.loads((workdir / "model.json").read_text())
+  assert info["config"]["dim"] == 8 and info["config"]["use_mefc"] is False
+
+  logdir = substitute(doc_command("tensorboard --logdir runs/rain200h"), paths)[2]
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "scalars": 0})
+  acc.Reload()
+  tags = acc.Tags()
+  assert "train/loss" in tags["scalars"] + tags["tensors"], tags
+  events = acc.Tensors("train/loss") if "train/loss" in tags["tensors"] else acc.Scalars("train/loss")
+  assert [e.step for e in events] == [1, 2]
+
+  evaluate_cmd = doc_command("python -m sparse_restore.main --config configs/drsformer_rain200h.py --workdir "
+                             "runs/rain200h --mode evaluate")
+  args = substitute(evaluate_cmd, paths) + [f"--config.data.manual_dir={manual}", "--config.data.max_eval_images=1",
+                                            *SCALE_DOWN_TRAINING[:4]]
+  r = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-4000:]
+  doc = json.loads((workdir / "eval" / "2" / "metrics.json").read_text())
+  assert doc["summary"]["count"] == 1 and doc["summary"]["step"] == 2
+
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photos / "a.png")
+  infer_cmd = doc_command("python -m sparse_restore.infer --checkpoint /tmp/sparse_restore_demo --input photos/ "
+                          "--output out/ --ensemble")
+  args = substitute(cli_args(infer_cmd, "sparse_restore.infer"), {
+      "/tmp/sparse_restore_demo": str(workdir), "photos/": str(photos), "out/": str(tmp_path / "out")})
+  assert infer.main(args + ["--quiet"]) == 0
+  err = capsys.readouterr().err
+  assert f"model drsformer from {workdir} step 2" in err and "8x ensemble" in err, err
+  assert Image.open(tmp_path / "out" / "a.png").size == (32, 32)

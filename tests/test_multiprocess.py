@@ -68,8 +68,8 @@ def two_process_batches(data_config, *, global_batch_size, seed, process_index=0
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one_process(tmp_path, request):
-  cache = str(request.config.cache.mkdir("jax_compilation_cache"))
+def test_two_processes_match_one_process(tmp_path):
+  cache = os.environ["JAX_COMPILATION_CACHE_DIR"]  # the run's (tests/conftest.py)
   jax.config.update("jax_compilation_cache_dir", cache)
   data_dir = str(tmp_path / "tfds")
   cfg = load_config("tiny")

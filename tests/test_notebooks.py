@@ -1,6 +1,6 @@
 """The Colab notebooks (colab/*.ipynb) run end to end on CPU and are committed clean.
 
-The execution tests run every cell of a notebook with nbclient in a fresh IPython kernel started on *this*
+The execution tests (marked slow: ``python -m pytest -m slow tests/test_notebooks.py``) run every cell of a notebook with nbclient in a fresh IPython kernel started on *this*
 interpreter (a kernelspec written to a temporary folder), in the notebooks' small CI setting
 (``SPARSE_RESTORE_NB_SMALL=1``: a tiny network, a few steps, small tiles) with the shared fixtures as inputs, and
 check what the cells produced: files written by the library, the printed PSNR / progress lines, the figures. The
@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from doc_commands import doc_command
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -97,6 +99,7 @@ def cell_seconds(nb) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # A kernel, a conversion and tiled restoration of two photos: ~1-2 min on 2 cores.
 def test_restore_with_pretrained_notebook_runs(tmp_path, fixtures_dir, data_dir):
   """Converts the tiny DRSformer fixture .pth, restores the real rainy photos in tiles, writes and shows them."""
   from sparse_restore import imageio
@@ -135,6 +138,7 @@ def test_restore_with_pretrained_notebook_runs(tmp_path, fixtures_dir, data_dir)
   assert figure_cells and image_count(figure_cells[-1]) >= 1, f"no figure produced ({timing})"
 
 
+@pytest.mark.slow  # Compiles and runs a train step on 4 simulated devices in a kernel: ~4 min on 2 cores.
 def test_train_tpu_notebook_runs(tmp_path):
   """Trains a tiny DRSformer for a few steps over all (4 simulated) devices, evaluates, plots the curves,
   reloads the checkpoint and restores test tiles."""
@@ -224,3 +228,12 @@ def test_notebook_calls_the_library(name):
     assert call in source, f"{name}: expected a call to {call}"
   for pattern in FORBIDDEN:
     assert pattern not in source, f"{name}: {pattern!r} in a cell; call the library instead of copying its logic"
+
+
+def test_make_notebooks_check():
+  """colab/README.md: `python colab/make_notebooks.py --check` exits 0 on the committed notebooks."""
+  words = doc_command("python colab/make_notebooks.py --check")
+  spec = importlib.util.spec_from_file_location("_readme_make_notebooks", REPO / words[1])
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert module.main(words[2:]) == 0

@@ -29,18 +29,18 @@ def load_config(name: str) -> ml_collections.ConfigDict:
   return config_files.load_config(REPO / "configs" / f"{name}.py")
 
 
-def enable_compilation_cache(request) -> str:
-  """Persistent XLA compilation cache under .pytest_cache (shared by tests and their subprocesses)."""
-  path = str(request.config.cache.mkdir("jax_compilation_cache"))
+def enable_compilation_cache() -> str:
+  """The run's persistent XLA compilation cache (tests/conftest.py; shared by tests and their subprocesses)."""
+  path = os.environ["JAX_COMPILATION_CACHE_DIR"]
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   return path
 
 
 @pytest.fixture(scope="module")
-def tiny_data(request, tmp_path_factory):
+def tiny_data(tmp_path_factory):
   """The synthetic_rain data, generated once for the module; returns its data_dir."""
-  enable_compilation_cache(request)
+  enable_compilation_cache()
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   cfg = load_config("tiny")
   cfg.data.data_dir = data_dir
@@ -212,7 +212,8 @@ def test_reference_run_writes_workdir(reference_run):
   assert float(value(acc.Tensors("eval/psnr")[0])) == pytest.approx(doc["summary"]["psnr"], rel=1e-6)
   (strip,) = [t for t in acc.Tags()["tensors"] if t.startswith("eval/0_")]
   width, height = (int(v) for v in value(acc.Tensors(strip)[0])[:2])
-  assert width == 3 * height  # input | output | target
+  from sparse_restore import model_eval
+  assert width == 3 * height + 2 * model_eval.SEPARATOR_PX  # input | output | target, white separators
   assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
 
 

@@ -77,12 +77,13 @@ def _restore_console_and_logging():
   logger's level and filters its handlers: undo that after each test, so later tests' caplog still sees INFO."""
   import logging
   from sparse_restore import console
-  root = logging.getLogger()
-  level, handlers = root.level, list(root.handlers)
+  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
+  level, absl_level, handlers = root.level, absl_logger.level, list(root.handlers)
   filters = {h: list(h.filters) for h in handlers}
   state = dict(console._state)  # pylint: disable=protected-access
   yield
   root.setLevel(level)
+  absl_logger.setLevel(absl_level)  # absl's set_verbosity sets it too
   for h in list(root.handlers):
     if h not in handlers:
       root.removeHandler(h)

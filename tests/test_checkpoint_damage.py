@@ -14,11 +14,6 @@ import pytest
 
 from sparse_restore import checkpoint, models, schedules, train
 
-# Reading damaged data leaves TensorStore futures whose errors Python reports as "unraisable" when they are
-# collected, each with the whole TensorStore spec (~100k log lines for this module); the tests assert the errors
-# that reach the user.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
 TINY = {"dim": 8, "num_blocks": [1, 1, 1, 1], "heads": [1, 1, 1, 1]}
 N = 2000  # floats per toy array: more than Orbax inlines in its index, so each lives in a data file
 

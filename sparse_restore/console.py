@@ -32,6 +32,11 @@ HARMLESS = (
     re.compile(r"oneDNN custom operations are on"),
 )
 
+# Unraisable exceptions that are known leftovers, not problems: Orbax leaves the other read coroutines of a failed
+# restore (a damaged checkpoint, already reported in one line) un-awaited, and Python prints each, with its whole
+# TensorStore spec, when it is collected (often at exit, after our error line).
+HARMLESS_UNRAISABLE = (re.compile(r"<coroutine object (\S*\.)?_read_array_index_and_device_put\b"),)
+
 _state = {"verbose": False, "setup": False}
 
 
@@ -54,6 +59,17 @@ class QuietFilter(logging.Filter):
 
 
 _FILTER = QuietFilter()
+
+
+def _quiet_unraisablehook(unraisable, *, fallback=sys.__unraisablehook__) -> None:
+  """sys.unraisablehook in quiet mode: drops :data:`HARMLESS_UNRAISABLE`, passes everything else on."""
+  try:
+    text = repr(unraisable.object)
+  except Exception:  # pylint: disable=broad-except
+    text = ""
+  if any(p.search(text) for p in HARMLESS_UNRAISABLE):
+    return
+  fallback(unraisable)
 
 
 def setup(verbose: bool = False) -> None:  # pylint: disable=redefined-outer-name
@@ -79,6 +95,11 @@ def setup(verbose: bool = False) -> None:  # pylint: disable=redefined-outer-nam
       absl_logging.set_verbosity(absl_logging.INFO)
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  if not getattr(sys.unraisablehook, "_sparse_restore_quiet", False):
+    previous = sys.unraisablehook
+    hook = lambda unraisable: _quiet_unraisablehook(unraisable, fallback=previous)
+    hook._sparse_restore_quiet = True  # pylint: disable=protected-access
+    sys.unraisablehook = hook
   absl_logging.set_verbosity(absl_logging.WARNING)  # the root logger's level (absl's handler is on it)
   for handler in root.handlers:
     if _FILTER not in handler.filters:

@@ -81,7 +81,9 @@ def _restore_console_and_logging():
   level, absl_level, handlers = root.level, absl_logger.level, list(root.handlers)
   filters = {h: list(h.filters) for h in handlers}
   state = dict(console._state)  # pylint: disable=protected-access
+  unraisablehook = sys.unraisablehook
   yield
+  sys.unraisablehook = unraisablehook
   root.setLevel(level)
   absl_logger.setLevel(absl_level)  # absl's set_verbosity sets it too
   for h in list(root.handlers):

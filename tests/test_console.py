@@ -3,6 +3,7 @@ wording of rounded values. The whole-CLI checks (a training job's console by def
 in tests/test_main.py; infer's tiling line in tests/test_infer.py."""
 import io
 import logging
+import sys
 
 import pytest
 
@@ -79,3 +80,33 @@ def test_bench_states_the_size_ast_pads_to():
       "us_per_pixel counts the 100x100 output pixels")
   assert bench.padding_note("ast", 256, 384) is None
   assert bench.padding_note("drsformer", 100, None) is None  # no internal padding (a non-multiple is an error)
+
+
+def test_quiet_mode_drops_orbax_orphaned_read_coroutines_only(capsys):
+  """After a damaged checkpoint is reported in one line, Orbax's un-awaited read coroutines must not print their
+  TensorStore specs when collected (seen after infer's error line); other unraisable exceptions still show."""
+  import types
+
+  @types.coroutine
+  def suspend():
+    yield
+
+  async def _read_array_index_and_device_put():  # the name of Orbax's coroutine
+    try:
+      await suspend()
+    finally:
+      raise RuntimeError("boom orbax")
+
+  async def something_else():
+    try:
+      await suspend()
+    finally:
+      raise RuntimeError("boom other")
+
+  sys.unraisablehook = sys.__unraisablehook__  # Python's own printer (pytest's collector is restored afterwards)
+  console.setup()
+  for make in (_read_array_index_and_device_put, something_else):
+    make().send(None)  # suspended, then collected: closing it raises into sys.unraisablehook
+  err = capsys.readouterr().err
+  assert "_read_array_index_and_device_put" not in err and "boom orbax" not in err
+  assert "something_else" in err and "boom other" in err

@@ -432,7 +432,7 @@ def measure_input_pipeline(data_config, *, batch: int, num_workers: int, runs: i
           "batch_shape": list(shape), "num_workers": int(num_workers),
           "prefetch_buffer_size": int(cfg.prefetch_buffer_size), "random_flip": bool(cfg.random_flip),
           "random_rot90": bool(cfg.random_rot90), "warmup_batches": warmup_batches, "warmup_s": round(warmup_s, 3),
-          "runs": runs, "seconds_per_batch": round(wall / runs, 5), "images_per_s": round(runs * batch / wall, 2),
+          "runs": runs, "seconds_per_batch": round(wall / runs, 7), "images_per_s": round(runs * batch / wall, 2),
           "main_process_cpu_s_per_batch": round(cpu / runs, 5), "host_cpus": os.cpu_count(),
           "python": platform.python_version()}
 

@@ -84,7 +84,8 @@ def test_two_processes_match_one_process(tmp_path):
   for i in range(2):
     cmd = [sys.executable, "-m", "sparse_restore.main", "--config", "configs/tiny.py", "--workdir", str(workdir),
            f"--config.data.data_dir={data_dir}", "--config.eval_every_steps=3",
-           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"]
+           f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}",
+           "--verbosity=0"]  # the INFO lines too: "Process i/2" is what proves the layout
     log = open(tmp_path / f"process_{i}.log", "w")
     procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
   codes = []

@@ -16,6 +16,7 @@ import pytest
 from sparse_restore.convert import __main__ as cli
 from sparse_restore.convert import reader
 from sparse_restore.convert.rules import ConversionError
+from rss_probe import RSS_KIB_SOURCE
 
 # --------------------------------------------------------------------------------------------------------------
 # A small pickle assembler (protocol 2 opcodes, what torch.save writes).
@@ -299,18 +300,8 @@ def _with_pickle(bomb, path, pkl):
   return path
 
 
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, os, resource, sys
-
-    def rss_kib():
-      # Linux: VmRSS now and VmHWM, the peak of this address space. ru_maxrss is no good there: across fork + exec
-      # it keeps the parent's (pytest's) size. Elsewhere: ru_maxrss (bytes on macOS) for both.
-      if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as f:
-          fields = dict(line.split(":", 1) for line in f)
-        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
-      peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
-      return peak, peak
+_PEAK_SCRIPT = RSS_KIB_SOURCE + textwrap.dedent("""
+    import json, sys
 
     from sparse_restore import checkpoint                    # what the CLI imports (jax, flax) is the baseline
     from sparse_restore.convert import __main__ as cli, engine

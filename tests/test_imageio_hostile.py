@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sparse_restore import imageio
+from rss_probe import RSS_KIB_SOURCE
 
 BOMB_BYTES = 1 << 30          # what the compressed data inflates to
 MEMORY_BOUND_MB = 64          # allowed peak growth of a process reading one bomb (it would be > 1 GiB unbounded)
@@ -82,16 +83,8 @@ def _bomb(case, tmp_path, zeros):
   raise AssertionError(case)
 
 
-_PEAK_SCRIPT = textwrap.dedent("""
-    import json, os, resource, sys, time
-
-    def rss_kib():
-      if os.path.exists("/proc/self/status"):
-        with open("/proc/self/status") as f:
-          fields = dict(line.split(":", 1) for line in f)
-        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
-      peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
-      return peak, peak
+_PEAK_SCRIPT = RSS_KIB_SOURCE + textwrap.dedent("""
+    import json, sys, time
 
     from sparse_restore import imageio
     import PIL.Image, PIL.PngImagePlugin, PIL.TiffImagePlugin, numpy

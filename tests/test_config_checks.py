@@ -12,12 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def load(name="tiny", **overrides):
   cfg = config_files.load_config(REPO / "configs" / f"{name}.py")
-  for key, value in overrides.items():
-    node = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  cfg.update_from_flattened_dict(overrides)  # dotted keys, e.g. "model.dim"
   return cfg
 
 

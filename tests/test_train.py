@@ -51,12 +51,7 @@ def tiny_data(tmp_path_factory):
 def tiny_config(data_dir, **overrides):
   cfg = load_config("tiny")
   cfg.data.data_dir = data_dir
-  for k, v in overrides.items():
-    node = cfg
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  cfg.update_from_flattened_dict(overrides)  # dotted keys, e.g. "policy.conv"
   return cfg
 
 
